@@ -1,0 +1,30 @@
+"""Trains seed 000's two-module Inception network on MNIST and evaluates it.
+
+    python -m experiments.mnist_inception [--workdir=DIR] \
+        [--config=experiments/configs/mnist_inception.py[:paper]] [--config.field=value ...]
+
+Running it again with the same workdir resumes from the latest checkpoint. Offline, point
+TFDS at the four MNIST files with TFDS_MANUAL_DIR=../shared/data/mnist (or
+--config.manual_dir). Results and timings: README.md.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from inception_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', 'experiments/configs/mnist_inception.py', 'Training config file[:variant].', lock_config=True
+)
+_WORKDIR = flags.DEFINE_string('workdir', '/tmp/mnist_inception', 'Checkpoints, logs and final_metrics.json go here.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.INFO)
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

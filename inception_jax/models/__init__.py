@@ -1,0 +1,54 @@
+"""Inception networks as pure Flax linen modules, and a registry of them.
+
+    from inception_jax import models
+    model = models.create_model('mnist_inception')
+    logits, features = model.apply(variables, images, train=False)
+
+Every model's `__call__(x, *, train)` takes NHWC images and returns `(logits, features)`:
+float32 logits and a dict of named intermediate arrays whose keys depend only on the
+model's configuration, never on `train`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable
+
+import flax.linen as nn
+
+from inception_jax.models.blocks import Conv, ConvBlock, InceptionBlock, check_image_batch
+from inception_jax.models.mnist import MnistInception
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    'mnist_inception': MnistInception,
+}
+
+
+def list_models() -> list[str]:
+  """Names accepted by `create_model`."""
+  return sorted(_REGISTRY)
+
+
+def create_model(name: str, **overrides) -> nn.Module:
+  """Builds the registered model `name`, with any of its fields overridden."""
+  if name not in _REGISTRY:
+    raise ValueError(f'Unknown model {name!r}. Known models: {", ".join(list_models())}.')
+  factory = _REGISTRY[name]
+  cls = factory.func if isinstance(factory, functools.partial) else factory
+  fields = {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(f'Model {name!r} has no field(s) {unknown}. Its fields: {", ".join(sorted(fields))}.')
+  return factory(**overrides)
+
+
+__all__ = [
+    'Conv',
+    'ConvBlock',
+    'InceptionBlock',
+    'MnistInception',
+    'check_image_batch',
+    'create_model',
+    'list_models',
+]

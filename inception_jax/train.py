@@ -1,0 +1,301 @@
+"""Training and evaluation: train state, pure steps, the loop, metrics, checkpoints.
+
+    state, final_metrics = train_and_evaluate(config, workdir)
+
+is what `python -m experiments.mnist_inception` runs; tests call the same function.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers
+
+from inception_jax import checkpoint as ckpt
+from inception_jax import data as data_lib
+from inception_jax import models
+from inception_jax import parallel
+
+
+class TrainState(flax.struct.PyTreeNode):
+  step: jax.Array
+  params: Any
+  batch_stats: Any  # BatchNorm statistics; {} for models without them
+  opt_state: Any
+  dropout_key: jax.Array  # dropout at step s uses fold_in(dropout_key, s)
+  apply_fn: Callable = flax.struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int):
+  overrides = {k: v for k, v in config.model.items() if k != 'name'}
+  if 'dtype' in overrides:
+    overrides['dtype'] = jnp.dtype(overrides['dtype'])
+  return models.create_model(config.model.name, num_classes=num_classes, **overrides)
+
+
+def learning_rate_schedule(config) -> optax.Schedule:
+  warmup = config.warmup_steps
+  if config.lr_schedule == 'cosine':
+    return optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, warmup, decay_steps=max(config.num_train_steps, warmup + 1), end_value=0.0
+    )
+  if config.lr_schedule == 'constant':
+    if warmup == 0:
+      return optax.constant_schedule(config.learning_rate)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, config.learning_rate, warmup), optax.constant_schedule(config.learning_rate)], [warmup]
+    )
+  raise ValueError(f"Unknown lr_schedule {config.lr_schedule!r}; use 'cosine' or 'constant'.")
+
+
+def create_optimizer(config) -> optax.GradientTransformation:
+  if config.optimizer == 'adam':
+    return optax.adam(learning_rate_schedule(config), b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+  raise ValueError(f"Unknown optimizer {config.optimizer!r}; use 'adam'.")
+
+
+def create_train_state(model, tx, image_shape, seed: int) -> TrainState:
+  """A fresh state from `seed` (parameters and dropout keys come from separate streams)."""
+  params_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
+  variables = model.init({'params': params_key}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  params = variables['params']
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=variables.get('batch_stats', {}),
+      opt_state=tx.init(params),
+      dropout_key=dropout_key,
+      apply_fn=model.apply,
+      tx=tx,
+  )
+
+
+def cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on a global batch; returns the new state and the batch's metrics."""
+  dropout_key = jax.random.fold_in(state.dropout_key, state.step)
+
+  def loss_fn(params):
+    variables = {'params': params, 'batch_stats': state.batch_stats}
+    (logits, _), updates = state.apply_fn(
+        variables, batch['image'], train=True, rngs={'dropout': dropout_key}, mutable=['batch_stats']
+    )
+    loss = cross_entropy(logits, batch['label']).mean()
+    return loss, (logits, updates.get('batch_stats', {}))
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  state = state.replace(
+      step=state.step + 1,
+      params=optax.apply_updates(state.params, updates),
+      batch_stats=batch_stats,
+      opt_state=opt_state,
+  )
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+  return state, {'loss': loss, 'accuracy': accuracy}
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Sums over the real (mask 1) examples of a padded batch."""
+  logits, _ = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats}, batch['image'], train=False)
+  mask = batch['mask']
+  return {
+      'loss_sum': jnp.sum(cross_entropy(logits, batch['label']) * mask),
+      'correct': jnp.sum((jnp.argmax(logits, -1) == batch['label']) * mask),
+      'count': jnp.sum(mask),
+  }
+
+
+class JsonlWriter(metric_writers.interface.MetricWriter):
+  """Scalars as one JSON object per line, for scripts and plots."""
+
+  def __init__(self, path: str):
+    self._file = open(path, 'a')
+
+  def write_scalars(self, step, scalars):
+    self._file.write(json.dumps({'step': int(step), **{k: float(v) for k, v in scalars.items()}}) + '\n')
+    self._file.flush()
+
+  def write_summaries(self, step, values, metadata=None): pass
+  def write_images(self, step, images): pass
+  def write_videos(self, step, videos): pass
+  def write_audios(self, step, audios, *, sample_rate): pass
+  def write_texts(self, step, texts): pass
+  def write_histograms(self, step, arrays, num_buckets=None): pass
+  def write_pointcloud(self, step, point_clouds, *, point_colors=None, configs=None): pass
+  def write_hparams(self, hparams): pass
+
+  def flush(self):
+    self._file.flush()
+
+  def close(self):
+    self._file.close()
+
+
+def create_writer(workdir: str) -> metric_writers.MetricWriter:
+  """TensorBoard events and metrics.jsonl in `workdir` (process 0), logging everywhere."""
+  if jax.process_index() > 0:
+    return metric_writers.LoggingWriter()
+  return metric_writers.MultiWriter([
+      metric_writers.create_default_writer(workdir, asynchronous=False),
+      JsonlWriter(os.path.join(workdir, 'metrics.jsonl')),
+  ])
+
+
+def evaluate(eval_fn, state, data, batch_size: int, mesh) -> dict[str, float]:
+  sums = []
+  for batch in data_lib.eval_batches(data, batch_size, jax.process_index(), jax.process_count()):
+    sums.append(eval_fn(state, parallel.shard_batch(batch, mesh)))
+  totals = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(sums))
+  return {'accuracy': totals['correct'] / totals['count'], 'loss': totals['loss_sum'] / totals['count']}
+
+
+def _check_config(config) -> None:
+  if config.num_train_steps <= 0:
+    raise ValueError(f'num_train_steps must be positive, got {config.num_train_steps}.')
+  for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
+    if config[field] <= 0:
+      raise ValueError(f'{field} must be positive, got {config[field]}.')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple[TrainState, dict[str, Any]]:
+  """Trains (resuming from `workdir`'s latest checkpoint), evaluates, writes final_metrics.json."""
+  _check_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  mesh = parallel.make_mesh()
+  parallel.check_batch_divisible(config.global_batch_size, mesh)
+  parallel.check_batch_divisible(config.eval_batch_size, mesh, 'eval_batch_size')
+
+  train_data, num_classes = data_lib.load_split(config, config.train_split)
+  eval_data, _ = data_lib.load_split(config, config.eval_split)
+  data_lib.check_batch(train_data, num_classes)
+  data_lib.check_batch(eval_data, num_classes)
+  batches = data_lib.TrainBatches(
+      train_data, config.global_batch_size, config.seed, jax.process_index(), jax.process_count()
+  )
+  image_shape = train_data['image'].shape[1:]
+
+  model = create_model(config, num_classes)
+  tx = create_optimizer(config)
+  init = lambda: create_train_state(model, tx, image_shape, config.seed)
+  abstract_state = jax.eval_shape(init)
+  state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), abstract_state)
+
+  # The one place where steps are compiled. The state is donated: its buffers are reused.
+  p_train_step = jax.jit(
+      train_step,
+      in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
+      out_shardings=(state_sharding, parallel.replicated(mesh)),
+      donate_argnums=0,
+  )
+  p_eval_step = jax.jit(eval_step, in_shardings=(state_sharding, parallel.batch_sharding(mesh)))
+
+  checkpointer = ckpt.Checkpointer(
+      os.path.join(workdir, 'checkpoints'), save_every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints
+  )
+  latest = checkpointer.latest_step()
+  if latest is None:
+    state = jax.jit(init, out_shardings=state_sharding)()
+    meta = {'train_seconds': 0.0}
+    logging.info('Starting from scratch in %s.', workdir)
+  else:
+    state, meta = checkpointer.restore(latest, ckpt.abstract_with_shardings(abstract_state, state_sharding))
+    logging.info('Resumed from the checkpoint of step %d in %s.', latest, checkpointer.directory)
+  step = int(state.step)
+  if step >= config.num_train_steps:
+    logging.info('This run already finished (step %d of %d); evaluating only.', step, config.num_train_steps)
+
+  writer = create_writer(workdir)
+  if step == 0:
+    writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
+  num_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
+  logging.info('Model %s: %s parameters.', config.model.name, f'{num_params:,}')
+
+  train_seconds = float(meta['train_seconds'])
+  pending: list[dict[str, jax.Array]] = []  # metrics of steps not yet logged, still on device
+  window_start, window_step = time.perf_counter(), step
+
+  def flush_metrics(step: int) -> None:
+    nonlocal window_start, window_step
+    if not pending:
+      return
+    metrics = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(pending))
+    pending.clear()
+    if not np.isfinite(metrics['loss']):
+      raise FloatingPointError(
+          f'The training loss is {metrics["loss"]} by step {step}. Nothing after the last finite step was '
+          f'checkpointed; the latest checkpoint in {checkpointer.directory} is step {checkpointer.latest_step()}. '
+          'Lower the learning_rate or add warmup_steps and resume or restart.'
+      )
+    now = time.perf_counter()
+    steps_per_sec = (step - window_step) / (now - window_start)
+    window_start, window_step = now, step
+    eta = (config.num_train_steps - step) / max(steps_per_sec, 1e-9)
+    lr = float(learning_rate_schedule(config)(step - 1))
+    logging.info(
+        'step %d/%d  loss %.4f  accuracy %.4f  %.1f images/s  lr %.2e  ETA %s',
+        step, config.num_train_steps, metrics['loss'], metrics['accuracy'],
+        steps_per_sec * config.global_batch_size, lr, time.strftime('%H:%M:%S', time.gmtime(eta)),
+    )
+    writer.write_scalars(step, {f'train_{k}': v for k, v in metrics.items()} | {
+        'learning_rate': lr, 'images_per_sec': steps_per_sec * config.global_batch_size})
+
+  def run_eval(step: int) -> dict[str, float]:
+    start = time.perf_counter()
+    metrics = evaluate(p_eval_step, state, eval_data, config.eval_batch_size, mesh)
+    logging.info('eval at step %d: accuracy %.4f  loss %.4f  (%d examples, %.1fs)',
+                 step, metrics['accuracy'], metrics['loss'], len(eval_data['label']), time.perf_counter() - start)
+    writer.write_scalars(step, {f'eval_{k}': v for k, v in metrics.items()})
+    return metrics
+
+  try:
+    while step < config.num_train_steps:
+      start = time.perf_counter()
+      batch = batches[step]
+      data_lib.check_batch(batch, num_classes)
+      state, metrics = p_train_step(state, parallel.shard_batch(batch, mesh))
+      pending.append(metrics)
+      step += 1
+      last = step == config.num_train_steps
+      save = last or step % config.checkpoint_every_steps == 0
+      if save or step % config.log_every_steps == 0:
+        flush_metrics(step)  # also guards the checkpoint against non-finite losses
+      train_seconds += time.perf_counter() - start
+      if save:
+        checkpointer.save(step, state, {'train_seconds': train_seconds, 'data_position': step}, force=last)
+      if config.eval_every_steps > 0 and step % config.eval_every_steps == 0 and not last:
+        run_eval(step)
+    eval_metrics = run_eval(step)
+  finally:
+    checkpointer.wait()
+    checkpointer.close()
+    writer.flush()
+
+  final = {
+      'test_accuracy': eval_metrics['accuracy'],
+      'test_loss': eval_metrics['loss'],
+      'step': step,
+      'train_seconds': round(train_seconds, 2),
+      'num_params': num_params,
+      'model': config.model.name,
+      'devices': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
+  }
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
+      json.dump(final, f, indent=2)
+  logging.info('Final: %s', json.dumps(final))
+  return state, final
