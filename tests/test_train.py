@@ -1,0 +1,94 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from inception_jax import checkpoint, train
+
+
+def params_of(state):
+  return jax.tree.map(np.asarray, jax.device_get(state.params))
+
+
+def test_short_real_mnist_run_learns(tmp_path, make_config):
+  config = make_config(num_train_steps=60, global_batch_size=64, warmup_steps=5, checkpoint_every_steps=60)
+  workdir = str(tmp_path)
+  _, final = train.train_and_evaluate(config, workdir)
+  assert final['step'] == 60
+  assert final['test_accuracy'] > 0.5  # chance is 0.1
+  on_disk = json.load(open(os.path.join(workdir, 'final_metrics.json')))
+  assert {'test_accuracy', 'test_loss', 'step', 'train_seconds'} <= set(on_disk)
+  assert on_disk['test_accuracy'] == final['test_accuracy']
+  lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert any('train_loss' in l for l in lines) and any('eval_accuracy' in l for l in lines)
+  assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir))
+
+
+def test_resumed_run_ends_with_the_same_parameters(tmp_path, make_config):
+  config = make_config()  # 6 steps, checkpoints at 3 and 6
+  uninterrupted, _ = train.train_and_evaluate(config, str(tmp_path / 'a'))
+
+  workdir = tmp_path / 'b'
+  train.train_and_evaluate(config, str(workdir))
+  # Simulate a run killed after its step-3 checkpoint: step 6 was never written.
+  shutil.rmtree(workdir / 'checkpoints' / '6')
+  os.remove(workdir / 'final_metrics.json')
+  resumed, final = train.train_and_evaluate(config, str(workdir))
+
+  assert final['step'] == 6
+  jax.tree.map(np.testing.assert_array_equal, params_of(resumed), params_of(uninterrupted))
+  np.testing.assert_array_equal(resumed.opt_state[0].mu['fc1']['kernel'], uninterrupted.opt_state[0].mu['fc1']['kernel'])
+
+
+def test_finished_run_evaluates_without_training(tmp_path, make_config, caplog):
+  config = make_config(num_train_steps=3)
+  first, _ = train.train_and_evaluate(config, str(tmp_path))
+  caplog.set_level('INFO')
+  again, final = train.train_and_evaluate(config, str(tmp_path))
+  assert 'already finished' in caplog.text
+  assert final['step'] == 3
+  jax.tree.map(np.testing.assert_array_equal, params_of(again), params_of(first))
+
+
+def test_unreadable_checkpoint_is_reported(tmp_path, make_config):
+  config = make_config(num_train_steps=3)
+  train.train_and_evaluate(config, str(tmp_path))
+  for root, _, files in os.walk(tmp_path / 'checkpoints' / '3' / 'state'):
+    for name in files:
+      with open(os.path.join(root, name), 'wb') as f:
+        f.write(b'garbage')
+  with pytest.raises(checkpoint.CheckpointError, match='Could not restore the checkpoint of step 3'):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_non_finite_loss_stops_the_run(tmp_path, make_config):
+  config = make_config(learning_rate=1e30, num_train_steps=8, log_every_steps=4, checkpoint_every_steps=4)
+  with pytest.raises(FloatingPointError, match='training loss is nan'):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not (tmp_path / 'checkpoints' / '4').exists()
+
+
+def test_command_line_rejects_a_misspelt_config_field(tmp_path):
+  run = subprocess.run(
+      [sys.executable, '-m', 'experiments.mnist_inception', f'--workdir={tmp_path}', '--config.learning_rat=0.1'],
+      capture_output=True, text=True,
+  )
+  assert run.returncode != 0
+  assert 'learning_rat' in run.stderr and 'Did you mean' in run.stderr
+
+
+def test_batch_not_divisible_by_devices_is_reported(tmp_path):
+  script = (
+      'from experiments.configs import mnist_inception; from inception_jax import train; '
+      'config = mnist_inception.get_config(); config.global_batch_size = 12; '
+      f'train.train_and_evaluate(config, {str(tmp_path)!r})'
+  )
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  run = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, env=env)
+  assert run.returncode != 0
+  assert 'global_batch_size=12 is not divisible by the 8 devices' in run.stderr
