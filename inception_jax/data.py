@@ -7,10 +7,12 @@ downloads as usual.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Iterator
 
 import grain
+import ml_collections
 import numpy as np
 
 MANUAL_DIR_ENV = 'TFDS_MANUAL_DIR'
@@ -63,11 +65,18 @@ def prepare(config):
 
 def load_split(config, split: str) -> tuple[dict[str, np.ndarray], int]:
   """A whole split in memory as {'image': float32 NHWC in [0, 1], 'label': int32}, and the class count."""
+  return _load_split(config.dataset, split, config.get('data_dir') or None, manual_dir(config))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_split(dataset: str, split: str, data_dir: str | None, folder: str | None):
   tfds = _tfds()
-  builder = prepare(config)
+  builder = prepare(ml_collections.ConfigDict({'dataset': dataset, 'data_dir': data_dir, 'manual_dir': folder}))
   arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
   num_classes = builder.info.features['label'].num_classes
   data = {'image': arrays['image'].astype(np.float32) / 255.0, 'label': arrays['label'].astype(np.int32)}
+  for array in data.values():
+    array.flags.writeable = False  # shared by every caller of the cache
   return data, num_classes
 
 
