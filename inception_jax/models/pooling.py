@@ -75,3 +75,13 @@ def global_pool(x, kind: str = 'avg'):
   if kind == 'avgmax':
     return 0.5 * (x.mean(axis=(1, 2)) + x.max(axis=(1, 2)))
   raise ValueError(f"global_pool must be 'avg', 'max' or 'avgmax', got {kind!r}.")
+
+
+def max_pool_3x3_s2(x):
+  """timm's / torchvision's `nn.MaxPool2d(3, stride=2)`: no padding, rounding down."""
+  return max_pool(x, 3, 2)
+
+
+def avg_pool_3x3_s1(x):
+  """timm's Inception-v4 pool towers: `nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)`."""
+  return avg_pool(x, 3, 1, 1, count_include_pad=False)
