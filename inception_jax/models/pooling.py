@@ -20,12 +20,13 @@ from jax import lax
 
 
 def _pool_size(size: int, window: int, stride: int, padding: int, ceil_mode: bool) -> int:
-  span = size + 2 * padding - window
-  if span < 0:
-    raise ValueError(f'A {window}x{window} pooling window does not fit a map of size {size} (padding {padding}).')
-  out = (math.ceil(span / stride) if ceil_mode else span // stride) + 1
+  # torch's pooling_output_shape: in ceil mode a window may start in the last `stride - 1`
+  # positions and overhang the input, even when the window is larger than the input.
+  out = (size + 2 * padding - window + (stride - 1 if ceil_mode else 0)) // stride + 1
   if ceil_mode and (out - 1) * stride >= size + padding:
     out -= 1  # torch: the last window must start inside the input or its left padding
+  if out < 1:
+    raise ValueError(f'A {window}x{window} pooling window (stride {stride}, padding {padding}) does not fit a map of size {size}.')
   return out
 
 
