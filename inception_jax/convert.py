@@ -12,15 +12,28 @@ path, for the few places where a Flax name reads better than a Sequential index)
 
 BatchNorm conventions differ too: Flax `momentum = 1 - torch_momentum` (torch 0.1 ->
 Flax 0.9), and epsilon is a module setting (Inception's 1e-3), not a weight.
+
+`WEIGHT_SOURCES` says, per registered model and weight source, which model fields give the
+layout the weights were trained in and which renames map their keys; `convert_state_dict`
+reads the rest (classes, aux heads) off the state_dict itself:
+
+    state_dict = torch_files.load_state_dict('inception_v3_google-0cc3c7bd.pth')
+    model, variables, missing, unexpected = convert_state_dict('inception_v3', state_dict, source='torchvision')
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Mapping, Sequence
 
 import flax
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from inception_jax import models
+from inception_jax.models import googlenet
 
 _IGNORED_SUFFIXES = ('num_batches_tracked',)
 
@@ -71,3 +84,70 @@ def _flax_path(module: str, name: str, flat: Mapping[str, Any]) -> str | None:
       'running_var': [f'batch_stats/{module}/var'],
   }.get(name, [])
   return next((c for c in candidates if c in flat), None)
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSource:
+  """How one family of published weights maps onto a registered model."""
+
+  overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # model fields of the weights' layout
+  renames: Sequence[tuple[str, str]] = ()  # for torch_to_flax
+  classifier: str = 'fc'  # the module whose weight's rows count the classes
+  aux_key: str | None = None  # a key found only in files with aux heads
+
+
+# Model name -> source -> WeightSource. The first source listed is the default.
+WEIGHT_SOURCES: dict[str, dict[str, WeightSource]] = {
+    'googlenet': {
+        # torchvision's builder: transform_input=True, dropout 0.2; its aux heads are untrained.
+        'torchvision': WeightSource(
+            {'layout': 'torchvision', 'transform_input': True, 'drop_rate': 0.2},
+            googlenet.TORCHVISION_RENAMES,
+            aux_key='aux1.fc2.weight',
+        ),
+    },
+    'inception_v3': {
+        'torchvision': WeightSource({'transform_input': True}, aux_key='AuxLogits.fc.weight'),
+        'timm': WeightSource({'drop_rate': 0.0}, aux_key='AuxLogits.fc.weight'),
+    },
+    'inception_v3_fid': {'pytorch_fid': WeightSource()},
+}
+
+
+def convert_state_dict(name: str, state_dict: Mapping[str, Any], *, source: str | None = None, **overrides):
+  """A registered model in the layout of `source`'s weights, and those weights as Flax variables.
+
+  Returns (model, variables, missing, unexpected). `num_classes` and `aux_logits` follow the
+  state_dict unless given in `overrides`.
+  """
+  if name not in WEIGHT_SOURCES:
+    raise ValueError(f'No weight conversion for model {name!r}. Convertible models: {", ".join(sorted(WEIGHT_SOURCES))}.')
+  sources = WEIGHT_SOURCES[name]
+  source = source or next(iter(sources))
+  if source not in sources:
+    raise ValueError(f'Model {name!r} converts weights from {", ".join(sources)}, not {source!r}.')
+  spec = sources[source]
+  fields = dict(spec.overrides)
+  classifier = state_dict.get(f'{spec.classifier}.weight')
+  if classifier is not None:
+    fields['num_classes'] = int(np.shape(classifier)[0])
+  if spec.aux_key is not None:
+    fields['aux_logits'] = spec.aux_key in state_dict
+  fields.update(overrides)
+  model = models.create_model(name, **fields)
+  template = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, model.image_size, model.image_size, model.in_channels)), train=False)
+  )
+  variables, missing, unexpected = torch_to_flax(state_dict, template, spec.renames)
+  return model, variables, missing, unexpected
+
+
+def model_config(model) -> dict[str, Any]:
+  """The JSON-serializable fields of `model` that differ from their defaults (what a checkpoint records)."""
+  out = {}
+  for field in dataclasses.fields(model):
+    if field.name in ('parent', 'name') or not isinstance(getattr(model, field.name), (bool, int, float, str, type(None))):
+      continue
+    if field.default is dataclasses.MISSING or getattr(model, field.name) != field.default:
+      out[field.name] = getattr(model, field.name)
+  return out
