@@ -94,16 +94,19 @@ class WeightSource:
   renames: Sequence[tuple[str, str]] = ()  # for torch_to_flax
   classifier: str = 'fc'  # the module whose weight's rows count the classes
   aux_key: str | None = None  # a key found only in files with aux heads
+  untrained: str | None = None  # regex of keys of aux heads the file ships untrained: left out unless asked for
 
 
 # Model name -> source -> WeightSource. The first source listed is the default.
 WEIGHT_SOURCES: dict[str, dict[str, WeightSource]] = {
     'googlenet': {
-        # torchvision's builder: transform_input=True, dropout 0.2; its aux heads are untrained.
+        # torchvision's builder: transform_input=True, dropout 0.2, and no aux heads unless
+        # asked for, since the file's are untrained.
         'torchvision': WeightSource(
             {'layout': 'torchvision', 'transform_input': True, 'drop_rate': 0.2},
             googlenet.TORCHVISION_RENAMES,
             aux_key='aux1.fc2.weight',
+            untrained=r'aux\d\.',
         ),
     },
     'inception_v3': {
@@ -118,7 +121,8 @@ def convert_state_dict(name: str, state_dict: Mapping[str, Any], *, source: str 
   """A registered model in the layout of `source`'s weights, and those weights as Flax variables.
 
   Returns (model, variables, missing, unexpected). `num_classes` and `aux_logits` follow the
-  state_dict unless given in `overrides`.
+  state_dict unless given in `overrides` (untrained aux heads are dropped unless
+  `aux_logits=True`, as torchvision's GoogLeNet builder does).
   """
   if name not in WEIGHT_SOURCES:
     raise ValueError(f'No weight conversion for model {name!r}. Convertible models: {", ".join(sorted(WEIGHT_SOURCES))}.')
@@ -132,9 +136,11 @@ def convert_state_dict(name: str, state_dict: Mapping[str, Any], *, source: str 
   if classifier is not None:
     fields['num_classes'] = int(np.shape(classifier)[0])
   if spec.aux_key is not None:
-    fields['aux_logits'] = spec.aux_key in state_dict
+    fields['aux_logits'] = spec.aux_key in state_dict and spec.untrained is None
   fields.update(overrides)
   model = models.create_model(name, **fields)
+  if spec.untrained is not None and not model.aux_logits:
+    state_dict = {k: v for k, v in state_dict.items() if not re.match(spec.untrained, k)}
   template = jax.eval_shape(
       lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, model.image_size, model.image_size, model.in_channels)), train=False)
   )

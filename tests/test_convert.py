@@ -93,13 +93,15 @@ def run_script(*args):
 
 def test_script_converts_torchvision_googlenet_and_load_pretrained_restores_it(tmp_path, capsys):
   torch.manual_seed(0)
-  state = tv_googlenet.GoogLeNet(aux_logits=False).state_dict()
+  state = tv_googlenet.GoogLeNet(aux_logits=True).state_dict()  # torchvision's file has (untrained) aux heads
   torch.save(state, tmp_path / 'googlenet.pth')
   assert run_script('--source=torchvision', '--model=googlenet', tmp_path / 'googlenet.pth', tmp_path / 'ckpt') == 0
-  assert 'wrote' in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert 'wrote' in out and 'unexpected (ignored)' not in out  # like torchvision's builder, the untrained heads are left out
 
   model, variables = pretrained.load_pretrained('googlenet', tmp_path / 'ckpt')
   assert (model.layout, model.transform_input, model.aux_logits, model.drop_rate) == ('torchvision', True, False, 0.2)
+  assert 'aux1' not in variables['params']
   expected = state['inception4b.branch3.1.conv.weight'].numpy().transpose(2, 3, 1, 0)
   np.testing.assert_array_equal(variables['params']['inception4b']['branch5x5']['conv']['kernel'], expected)
   np.testing.assert_array_equal(variables['batch_stats']['conv1']['bn']['var'], state['conv1.bn.running_var'].numpy())

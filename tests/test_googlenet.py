@@ -120,7 +120,9 @@ def test_options_num_classes_pool_and_dtype():
 def test_torchvision_weights_give_torchvision_logits():
   torch.manual_seed(0)
   reference = randomize(tv_googlenet.GoogLeNet(transform_input=True), torch.randn(4, 3, 64, 64))
-  model, variables, missing, unexpected = convert.convert_state_dict('googlenet', numpy_state_dict(reference), source='torchvision')
+  model, variables, missing, unexpected = convert.convert_state_dict(
+      'googlenet', numpy_state_dict(reference), source='torchvision', aux_logits=True  # torchvision ships them untrained
+  )
   assert missing == [] and unexpected == []
   assert (model.layout, model.transform_input, model.aux_logits) == ('torchvision', True, True)
 
