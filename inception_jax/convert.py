@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from inception_jax import models
-from inception_jax.models import googlenet
+from inception_jax.models import googlenet, inception_resnet_v2, inception_v4
 
 _IGNORED_SUFFIXES = ('num_batches_tracked',)
 
@@ -114,6 +114,10 @@ WEIGHT_SOURCES: dict[str, dict[str, WeightSource]] = {
         'timm': WeightSource({'drop_rate': 0.0}, aux_key='AuxLogits.fc.weight'),
     },
     'inception_v3_fid': {'pytorch_fid': WeightSource()},
+    # timm's `*.tf_in1k` files have 1000 classes; older TF ports with 1001 (background
+    # first) load as they are, the class count being read off the file.
+    'inception_v4': {'timm': WeightSource(renames=inception_v4.TORCH_RENAMES, classifier='last_linear')},
+    'inception_resnet_v2': {'timm': WeightSource(renames=inception_resnet_v2.TORCH_RENAMES, classifier='classif')},
 }
 
 

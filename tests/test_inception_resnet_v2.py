@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from inception_jax import analysis, convert
+from inception_jax import analysis, convert, models
 from inception_jax.models.inception_resnet_v2 import TORCH_RENAMES, InceptionResnetV2
 from model_utils import cheap_jit, variable_shapes
 from torch_refs import randomize, timm_inception_resnet_v2
@@ -73,13 +73,25 @@ def test_logits_match_timm_reference(reference, height, width):
   assert set(features) == FEATURES and features['conv2d_7b'].shape[1:3] == (1, 1)
 
 
+@pytest.mark.skipif('inception_resnet_v2' not in models.list_models(), reason='not in the registry yet')
+def test_convert_state_dict_reads_the_class_count(reference):
+  ref, variables = reference
+  state_dict = dict(ref.state_dict())
+  # As an older TF port: 1001 classes, background first.
+  state_dict['classif.weight'], state_dict['classif.bias'] = torch.ones(1001, 1536), torch.zeros(1001)
+  model, converted, missing, unexpected = convert.convert_state_dict('inception_resnet_v2', state_dict, source='timm')
+  assert (model.num_classes, missing, unexpected) == (1001, [], [])
+  assert converted['params']['classif']['kernel'].shape == (1536, 1001)
+  var = lambda v: v['batch_stats']['repeat_1']['7']['branch1_2']['bn']['var']
+  np.testing.assert_array_equal(var(converted), var(variables))
+
+
 def test_training_features_options_and_dtypes():
   model = InceptionResnetV2(num_classes=0, global_pool='max', drop_rate=0.2, dtype=jnp.bfloat16)
   variables = variable_shapes(model, (1, 75, 75, 3))
   x = jnp.zeros((2, 91, 75, 3))
-  (logits, features), _ = jax.eval_shape(
-      functools.partial(model.apply, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(0)}), variables, x
-  )
+  train_apply = functools.partial(model.apply, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(0)})
+  (logits, features), _ = jax.eval_shape(train_apply, variables, x)
   assert set(features) == FEATURES  # as in evaluation (test_logits_match_timm_reference)
   assert logits.shape == (2, 1536)  # num_classes=0: the pooled features
   assert logits.dtype == jnp.float32 and features['repeat_1'].dtype == jnp.bfloat16

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from inception_jax import analysis, convert
+from inception_jax import analysis, convert, models
 from inception_jax.models import pooling
 from inception_jax.models.inception_v4 import TORCH_RENAMES, InceptionV4
 from model_utils import cheap_jit, variable_shapes
@@ -75,13 +75,25 @@ def test_logits_match_timm_reference(reference, height, width):
   assert set(features) == FEATURES and features['features_21'].shape[1:] == (1, 1, 1536)
 
 
+@pytest.mark.skipif('inception_v4' not in models.list_models(), reason='not in the registry yet')
+def test_convert_state_dict_reads_the_class_count(reference):
+  ref, variables = reference
+  state_dict = dict(ref.state_dict())
+  # As an older TF port: 1001 classes, background first.
+  state_dict['last_linear.weight'], state_dict['last_linear.bias'] = torch.ones(1001, 1536), torch.zeros(1001)
+  model, converted, missing, unexpected = convert.convert_state_dict('inception_v4', state_dict, source='timm')
+  assert (model.num_classes, missing, unexpected) == (1001, [], [])
+  assert converted['params']['last_linear']['kernel'].shape == (1536, 1001)
+  var = lambda v: v['batch_stats']['features_9']['branch3_1']['bn']['var']
+  np.testing.assert_array_equal(var(converted), var(variables))
+
+
 def test_training_features_options_and_dtypes():
   model = InceptionV4(num_classes=0, global_pool='avgmax', drop_rate=0.2, dtype=jnp.bfloat16)
   variables = variable_shapes(model, (1, 75, 75, 3))
   x = jnp.zeros((2, 75, 91, 3))
-  (logits, features), _ = jax.eval_shape(
-      functools.partial(model.apply, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(0)}), variables, x
-  )
+  train_apply = functools.partial(model.apply, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(0)})
+  (logits, features), _ = jax.eval_shape(train_apply, variables, x)
   assert set(features) == FEATURES  # as in evaluation (test_logits_match_timm_reference)
   assert logits.shape == (2, 1536)  # num_classes=0: the pooled features
   assert logits.dtype == jnp.float32 and features['features_9'].dtype == jnp.bfloat16
