@@ -33,12 +33,15 @@ import jax.numpy as jnp
 
 from inception_jax.models import pooling
 from inception_jax.models.blocks import Conv, ConvBlock, check_image_batch
-from inception_jax.models.inception_v4 import BRANCH_RENAME, MIN_SIZE
 from inception_jax.models.pooling import avg_pool_3x3_s1, max_pool_3x3_s2
 
 ModuleDef = Any
 
-TORCH_RENAMES = (BRANCH_RENAME,)
+# For convert.torch_to_flax: a tower's Sequential index joins its name (timm's
+# `repeat.3.branch1.0.conv` is our `repeat/3/branch1_0/conv`).
+TORCH_RENAMES = ((r'\b(branch\d)\.(\d+)\b', r'\1_\2'),)
+
+MIN_SIZE = 75  # the smallest input whose last reduction (mixed_7a) still leaves a 1x1 map
 
 
 class Mixed5b(nn.Module):
@@ -188,13 +191,16 @@ class InceptionResnetV2(nn.Module):
     x = conv(80, (1, 1), name='conv2d_3b')(x)  # 73x73x80
     x = features['conv2d_4a'] = conv(192, (3, 3), name='conv2d_4a')(x)  # 71x71x192
     x = max_pool_3x3_s2(x)  # maxpool_5a: 35x35x192
+    block35 = functools.partial(Block35, conv, scale=0.17, dtype=self.dtype)
+    block17 = functools.partial(Block17, conv, scale=0.10, dtype=self.dtype)
+    block8 = functools.partial(Block8, conv, scale=0.20, dtype=self.dtype)
     x = Mixed5b(conv, name='mixed_5b')(x)  # 35x35x320
-    x = features['repeat'] = Repeat(functools.partial(Block35, conv, scale=0.17, dtype=self.dtype), 10, name='repeat')(x)
+    x = features['repeat'] = Repeat(block35, 10, name='repeat')(x)  # 35x35x320
     x = Mixed6a(conv, name='mixed_6a')(x)  # 17x17x1088
-    x = features['repeat_1'] = Repeat(functools.partial(Block17, conv, scale=0.10, dtype=self.dtype), 20, name='repeat_1')(x)
+    x = features['repeat_1'] = Repeat(block17, 20, name='repeat_1')(x)  # 17x17x1088
     x = Mixed7a(conv, name='mixed_7a')(x)  # 8x8x2080
-    x = Repeat(functools.partial(Block8, conv, scale=0.20, dtype=self.dtype), 9, name='repeat_2')(x)
-    x = Block8(conv, relu=False, dtype=self.dtype, name='block8')(x)
+    x = Repeat(block8, 9, name='repeat_2')(x)  # 8x8x2080
+    x = block8(scale=1.0, relu=False, name='block8')(x)  # 8x8x2080
     x = features['conv2d_7b'] = conv(1536, (1, 1), name='conv2d_7b')(x)  # 8x8x1536
 
     x = pooling.global_pool(x, self.global_pool)

@@ -29,8 +29,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from inception_jax.models.blocks import ConvBlock, check_image_batch
 from inception_jax.models import pooling
+from inception_jax.models.blocks import ConvBlock, check_image_batch
 from inception_jax.models.pooling import avg_pool_3x3_s1, max_pool_3x3_s2
 
 ModuleDef = Any
