@@ -19,14 +19,6 @@ from torch_refs import torchvision_googlenet as tv_googlenet
 from torch_refs import torchvision_inception as tv_inception
 
 
-@pytest.fixture(autouse=True)
-def registered(monkeypatch):
-  # Until the registry lists these models, add them for these tests.
-  for name, factory in [('googlenet', googlenet.GoogLeNet), ('inception_v3', inception_v3.InceptionV3)]:
-    if name not in models.list_models():
-      monkeypatch.setitem(models._REGISTRY, name, factory)
-
-
 def awkward_state_dict():
   base = torch.randn(6, 5)
   return collections.OrderedDict([
@@ -99,7 +91,7 @@ def test_script_converts_torchvision_googlenet_and_load_pretrained_restores_it(t
   out = capsys.readouterr().out
   assert 'wrote' in out and 'unexpected (ignored)' not in out  # like torchvision's builder, the untrained heads are left out
 
-  model, variables = pretrained.load_pretrained('googlenet', tmp_path / 'ckpt')
+  model, variables = models.load_pretrained('googlenet', tmp_path / 'ckpt')
   assert (model.layout, model.transform_input, model.aux_logits, model.drop_rate) == ('torchvision', True, False, 0.2)
   assert 'aux1' not in variables['params']
   expected = state['inception4b.branch3.1.conv.weight'].numpy().transpose(2, 3, 1, 0)
@@ -109,9 +101,9 @@ def test_script_converts_torchvision_googlenet_and_load_pretrained_restores_it(t
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(variables))
 
   with pytest.raises(ValueError, match="holds weights for 'googlenet', not 'inception_v3'"):
-    pretrained.load_pretrained('inception_v3', tmp_path / 'ckpt')
+    models.load_pretrained('inception_v3', tmp_path / 'ckpt')
   with pytest.raises(ValueError, match='python -m scripts.convert_weights'):
-    pretrained.load_pretrained('googlenet', tmp_path / 'googlenet.pth')
+    models.load_pretrained('googlenet', tmp_path / 'googlenet.pth')
 
 
 def test_script_reports_missing_and_unexpected_keys(tmp_path, capsys):
@@ -130,7 +122,7 @@ def test_timm_inception_v3_from_safetensors(tmp_path):
   state = numpy_state_dict(tv_inception.Inception3(aux_logits=True, num_classes=10))
   torch_files.write_safetensors(tmp_path / 'model.safetensors', state)
   assert run_script('--source=timm', '--model=inception_v3', tmp_path / 'model.safetensors', tmp_path / 'ckpt') == 0
-  model, variables = pretrained.load_pretrained('inception_v3', tmp_path / 'ckpt', drop_rate=0.3)
+  model, variables = models.load_pretrained('inception_v3', tmp_path / 'ckpt', drop_rate=0.3)
   # timm feeds [-1, 1] inputs itself: no transform_input; classes and aux head from the file.
   assert (model.transform_input, model.num_classes, model.aux_logits, model.drop_rate) == (False, 10, True, 0.3)
   np.testing.assert_array_equal(

@@ -15,13 +15,6 @@ from model_utils import abstract_apply, cheap_jit, param_count, random_variables
 from torch_refs import nchw, numpy_state_dict, randomize
 from torch_refs import torchvision_googlenet as tv_googlenet
 
-@pytest.fixture(autouse=True)
-def registered(monkeypatch):
-  # Until the registry lists GoogLeNet, add it for these tests.
-  if 'googlenet' not in models.list_models():
-    monkeypatch.setitem(models._REGISTRY, 'googlenet', GoogLeNet)
-
-
 @functools.cache
 def shapes(**fields):
   return variable_shapes(GoogLeNet(**fields))

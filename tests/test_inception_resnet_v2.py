@@ -73,7 +73,6 @@ def test_logits_match_timm_reference(reference, height, width):
   assert set(features) == FEATURES and features['conv2d_7b'].shape[1:3] == (1, 1)
 
 
-@pytest.mark.skipif('inception_resnet_v2' not in models.list_models(), reason='not in the registry yet')
 def test_convert_state_dict_reads_the_class_count(reference):
   ref, variables = reference
   state_dict = dict(ref.state_dict())

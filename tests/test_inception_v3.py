@@ -19,14 +19,6 @@ from torch_refs import pytorch_fid_inception as fid_ref
 from torch_refs import torchvision_inception as tv_inception
 
 
-@pytest.fixture(autouse=True)
-def registered(monkeypatch):
-  # Until the registry lists these models, add them for these tests.
-  for name, factory in [('inception_v3', InceptionV3), ('inception_v3_fid', inception_v3.inception_v3_fid)]:
-    if name not in models.list_models():
-      monkeypatch.setitem(models._REGISTRY, name, factory)
-
-
 @functools.cache
 def shapes(**fields):
   return variable_shapes(InceptionV3(**fields), (1, 75, 75, 3))

@@ -75,7 +75,6 @@ def test_logits_match_timm_reference(reference, height, width):
   assert set(features) == FEATURES and features['features_21'].shape[1:] == (1, 1, 1536)
 
 
-@pytest.mark.skipif('inception_v4' not in models.list_models(), reason='not in the registry yet')
 def test_convert_state_dict_reads_the_class_count(reference):
   ref, variables = reference
   state_dict = dict(ref.state_dict())

@@ -18,10 +18,23 @@ from typing import Callable
 import flax.linen as nn
 
 from inception_jax.models.blocks import Conv, ConvBlock, InceptionBlock, check_image_batch
+from inception_jax.models.googlenet import GoogLeNet
+from inception_jax.models.inception_resnet_v2 import InceptionResnetV2
+from inception_jax.models.inception_v3 import InceptionV3, inception_v3_fid
+from inception_jax.models.inception_v4 import InceptionV4
 from inception_jax.models.mnist import MnistInception
+from inception_jax.models.pretrained import load_pretrained, save_pretrained
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     'mnist_inception': MnistInception,
+    'googlenet': GoogLeNet,  # seed 002 / the paper: true 5x5 kernels, BatchNorm, aux heads
+    'googlenet_torchvision': functools.partial(
+        GoogLeNet, layout='torchvision', transform_input=True, drop_rate=0.2, aux_logits=False
+    ),
+    'inception_v3': InceptionV3,
+    'inception_v3_fid': inception_v3_fid,
+    'inception_v4': InceptionV4,
+    'inception_resnet_v2': InceptionResnetV2,
 }
 
 
@@ -46,8 +59,14 @@ def create_model(name: str, **overrides) -> nn.Module:
 __all__ = [
     'Conv',
     'ConvBlock',
+    'GoogLeNet',
     'InceptionBlock',
+    'InceptionResnetV2',
+    'InceptionV3',
+    'InceptionV4',
     'MnistInception',
+    'load_pretrained',
+    'save_pretrained',
     'check_image_batch',
     'create_model',
     'list_models',
