@@ -7,6 +7,7 @@ is what `python -m experiments.mnist_inception` runs; tests call the same functi
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -85,16 +86,25 @@ def cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step on a global batch; returns the new state and the batch's metrics."""
+def train_step(
+    state: TrainState, batch: dict[str, jax.Array], *, aux_loss_weight: float = 0.0
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on a global batch; returns the new state and the batch's metrics.
+
+  The losses of auxiliary classifiers (features whose key starts with 'aux') are added
+  with `aux_loss_weight` each (GoogLeNet's paper: 0.3).
+  """
   dropout_key = jax.random.fold_in(state.dropout_key, state.step)
 
   def loss_fn(params):
     variables = {'params': params, 'batch_stats': state.batch_stats}
-    (logits, _), updates = state.apply_fn(
+    (logits, features), updates = state.apply_fn(
         variables, batch['image'], train=True, rngs={'dropout': dropout_key}, mutable=['batch_stats']
     )
     loss = cross_entropy(logits, batch['label']).mean()
+    for key, aux_logits in features.items():
+      if key.startswith('aux') and aux_loss_weight:
+        loss += aux_loss_weight * cross_entropy(aux_logits, batch['label']).mean()
     return loss, (logits, updates.get('batch_stats', {}))
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -197,7 +207,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
 
   # The one place where steps are compiled. The state is donated: its buffers are reused.
   p_train_step = jax.jit(
-      train_step,
+      functools.partial(train_step, aux_loss_weight=config.aux_loss_weight),
       in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
       out_shardings=(state_sharding, parallel.replicated(mesh)),
       donate_argnums=0,

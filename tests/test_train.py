@@ -93,3 +93,25 @@ def test_batch_not_divisible_by_devices_is_reported(tmp_path):
   run = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, env=env)
   assert run.returncode != 0
   assert 'global_batch_size=12 is not divisible by the 8 devices' in run.stderr
+
+
+def test_auxiliary_losses_are_added_with_their_weight():
+  import flax.linen as nn
+  import jax.numpy as jnp
+  import optax
+
+  class WithAux(nn.Module):
+    @nn.compact
+    def __call__(self, x, *, train):
+      x = x.reshape(x.shape[0], -1)
+      return nn.Dense(3, name='fc')(x), {'aux1': nn.Dense(3, name='aux1')(x), 'aux2': 2 * nn.Dense(3, name='aux2')(x)}
+
+  model, tx = WithAux(), optax.sgd(0.0)
+  state = train.create_train_state(model, tx, (2, 2, 1), seed=0)
+  batch = {'image': jax.random.normal(jax.random.PRNGKey(1), (4, 2, 2, 1)), 'label': jnp.array([0, 1, 2, 1])}
+  logits, features = model.apply({'params': state.params}, batch['image'], train=True)
+  ce = lambda z: float(train.cross_entropy(z, batch['label']).mean())
+  _, plain = train.train_step(state, batch)
+  _, weighted = train.train_step(state, batch, aux_loss_weight=0.3)
+  np.testing.assert_allclose(plain['loss'], ce(logits), rtol=1e-6)
+  np.testing.assert_allclose(weighted['loss'], ce(logits) + 0.3 * (ce(features['aux1']) + ce(features['aux2'])), rtol=1e-6)

@@ -44,6 +44,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.adam_b1 = 0.9
   config.adam_b2 = 0.999
   config.adam_eps = 1e-8
+  config.aux_loss_weight = 0.3  # per auxiliary classifier (GoogLeNet's paper); none here
 
   config.log_every_steps = 10
   config.eval_every_steps = -1  # -1: evaluate only at the end
