@@ -72,22 +72,32 @@ def count(model: Any, input_shape: tuple[int, ...], **apply_kwargs) -> list[Laye
   jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, **apply_kwargs))(variables, x).jaxpr
 
   root = type(model).__name__
+  params = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables.get('params', {})))
+  modules = {'/'.join(path[:-1]) for path in params}
   layers: dict[str, Layer] = {}
 
   def layer(name: str) -> Layer:
     return layers.setdefault(name, Layer(name, (), 0, 0))
 
+  def owner(scope: str) -> str:
+    # The innermost module with parameters that encloses the operation (an einsum or a
+    # custom gradient may add scopes of its own below it).
+    parts = scope.removeprefix(root).strip('/').split('/')
+    for end in range(len(parts), 0, -1):
+      if '/'.join(parts[:end]) in modules:
+        return '/'.join(parts[:end])
+    return '/'.join(parts[:-1])
+
   def visit(scope: str, eqn) -> None:
     macs = _macs(eqn)
     if not macs:
       return
-    name = scope.removeprefix(root).strip('/').removesuffix('/conv_general_dilated').removesuffix('/dot_general')
-    entry = layer(name)
+    entry = layer(owner(f'{scope}/{eqn.primitive.name}'))
     entry.macs += macs
     entry.output_shape = tuple(eqn.outvars[0].aval.shape[1:])
 
   _walk(jaxpr, '', visit)
-  for path, leaf in flax.traverse_util.flatten_dict(flax.core.unfreeze(variables.get('params', {}))).items():
+  for path, leaf in params.items():
     layer('/'.join(path[:-1])).params += int(np.prod(leaf.shape))
   return list(layers.values())
 

@@ -1,0 +1,50 @@
+"""The CPU ('matmul') formulations compute XLA's functions and gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from inception_jax.models import ops
+
+
+@pytest.mark.parametrize(
+    'kernel, padding, strides',
+    [((1, 1), 'SAME', (1, 1)), ((3, 3), 'SAME', (1, 1)), ((5, 5), 'SAME', (1, 1)), ((1, 7), 'SAME', (1, 1)),
+     ((2, 2), 'SAME', (1, 1)), ((3, 3), 'VALID', (1, 1)), ((7, 7), ((3, 3), (3, 3)), (1, 1)), ((3, 3), 'VALID', (2, 2))],
+)
+def test_conv2d_formulations_agree_with_gradients(kernel, padding, strides):
+  kx, kk, kg = jax.random.split(jax.random.PRNGKey(0), 3)
+  x = jax.random.normal(kx, (2, 9, 11, 5))
+  w = jax.random.normal(kk, (*kernel, 5, 4))
+
+  def loss(impl):
+    f = lambda x, w: ops.conv2d(x, w, strides, padding, impl=impl)
+    y = jax.jit(f)(x, w)
+    g = jax.random.normal(kg, y.shape)
+    return y, jax.jit(jax.grad(lambda x, w: jnp.sum(f(x, w) * g), argnums=(0, 1)))(x, w)
+
+  (y_xla, grads_xla), (y_mm, grads_mm) = loss('xla'), loss('matmul')
+  np.testing.assert_allclose(y_mm, y_xla, rtol=1e-5, atol=1e-5)
+  for a, b in zip(grads_mm, grads_xla):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_max_pool_gradient_matches_xla_with_ties():
+  # After a ReLU most inputs are 0: ties everywhere. XLA's select-and-scatter gives each
+  # window's cotangent to its first maximal element; ours must do the same, bit for bit.
+  x = jax.nn.relu(jax.random.normal(jax.random.PRNGKey(0), (2, 8, 7, 3)) - 0.3)
+  x = x.at[0, 2:5, 2:5, 0].set(1.0)  # a plateau of equal maxima
+  # Small integer cotangents: sums are exact whatever order the windows add them in.
+  g = jax.random.randint(jax.random.PRNGKey(1), x.shape, -3, 4).astype(jnp.float32)
+  results = {}
+  for impl in ('xla', 'matmul'):
+    f = lambda x: ops.max_pool_3x3_same(x, impl=impl)
+    results[impl] = jax.jit(f)(x), jax.jit(jax.grad(lambda x: jnp.sum(f(x) * g)))(x)
+  np.testing.assert_array_equal(results['matmul'][0], results['xla'][0])
+  np.testing.assert_array_equal(results['matmul'][1], results['xla'][1])
+
+
+def test_unknown_impl_is_rejected():
+  with pytest.raises(ValueError, match="'xla' or 'matmul'"):
+    ops.conv2d(jnp.zeros((1, 4, 4, 1)), jnp.zeros((1, 1, 1, 1)), impl='cudnn')
