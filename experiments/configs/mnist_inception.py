@@ -2,9 +2,10 @@
 
 Variants, selected as `--config=experiments/configs/mnist_inception.py:VARIANT`:
 
-- default (no variant): our recipe, fast on a small CPU machine.
+- default (no variant): our recipe, sized to finish in 15 minutes on a small CPU machine.
     python -m experiments.mnist_inception --workdir=/tmp/mnist_inception
-  Measured on 2 CPU cores (Xeon, no GPU): see the README's results table.
+  Measured on 2 CPU cores (Xeon, no GPU), data preparation and compilation included:
+  13 min 13 s, 98.39% test accuracy (README's results table).
 
 - `paper`: seed 000's exact recipe: batch 50, Adam at a constant 1e-4, 20,000 steps,
   dropout 0.5, no schedule.
@@ -35,12 +36,12 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.seed = 0  # parameters, dropout and the order of training examples
   config.global_batch_size = 128
   config.eval_batch_size = 1000
-  config.num_train_steps = 469  # one epoch of 60,000 images at batch 128
+  config.num_train_steps = 210  # 26,880 images: what fits in 15 minutes on 2 CPU cores
 
   config.optimizer = 'adam'
-  config.learning_rate = 1e-3  # peak
+  config.learning_rate = 2e-3  # peak
   config.lr_schedule = 'cosine'  # 'cosine' (after warmup, to 0) or 'constant'
-  config.warmup_steps = 50
+  config.warmup_steps = 20
   config.adam_b1 = 0.9
   config.adam_b2 = 0.999
   config.adam_eps = 1e-8
