@@ -88,17 +88,21 @@ def count(model: Any, input_shape: tuple[int, ...], **apply_kwargs) -> list[Laye
         return '/'.join(parts[:end])
     return '/'.join(parts[:-1])
 
+  last_shape: dict[str, tuple[int, ...]] = {}  # a layer's output: its last operation's
+
   def visit(scope: str, eqn) -> None:
+    name = owner(f'{scope}/{eqn.primitive.name}')
+    if eqn.outvars:
+      last_shape[name] = tuple(eqn.outvars[0].aval.shape[1:])
     macs = _macs(eqn)
-    if not macs:
-      return
-    entry = layer(owner(f'{scope}/{eqn.primitive.name}'))
-    entry.macs += macs
-    entry.output_shape = tuple(eqn.outvars[0].aval.shape[1:])
+    if macs:
+      layer(name).macs += macs
 
   _walk(jaxpr, '', visit)
   for path, leaf in params.items():
     layer('/'.join(path[:-1])).params += int(np.prod(leaf.shape))
+  for entry in layers.values():
+    entry.output_shape = last_shape.get(entry.name, ())
   return list(layers.values())
 
 

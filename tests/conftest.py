@@ -20,8 +20,8 @@ def tiny_config(**fields):
     config.model.widths = (4, 8)
     config.model.hidden_units = 32
   config.global_batch_size = 32
-  config.eval_batch_size = 500
-  config.eval_split = 'test[:2000]'
+  config.eval_batch_size = 250
+  config.eval_split = 'test[:500]'
   config.num_train_steps = 6
   config.warmup_steps = 2
   config.log_every_steps = 2
@@ -33,3 +33,13 @@ def tiny_config(**fields):
 @pytest.fixture
 def make_config():
   return tiny_config
+
+
+@pytest.fixture(scope='session', autouse=True)
+def compilation_cache(tmp_path_factory):
+  """The training tests compile the same tiny steps many times: compile each once."""
+  import jax
+
+  jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('jax_cache')))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  yield

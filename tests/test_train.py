@@ -17,7 +17,8 @@ def params_of(state):
 
 
 def test_short_real_mnist_run_learns(tmp_path, make_config):
-  config = make_config(num_train_steps=60, global_batch_size=64, warmup_steps=5, checkpoint_every_steps=60)
+  config = make_config(num_train_steps=60, global_batch_size=64, warmup_steps=5, checkpoint_every_steps=60,
+                       eval_split='test[:2000]', eval_batch_size=500)
   workdir = str(tmp_path)
   _, final = train.train_and_evaluate(config, workdir)
   assert final['step'] == 60
