@@ -143,7 +143,6 @@ def _read_legacy(path) -> Any:
     if not sys_info.get('little_endian', True):
       raise ValueError(f'{path} was saved on a big-endian machine, which is not supported.')
     roots: dict[str, tuple[np.dtype, int]] = {}
-    views: dict[str, tuple[str, int, int]] = {}
     # Storages are read after the pickle; hand out placeholders, fill them in afterwards.
     placeholders: dict[str, np.ndarray] = {}
 

@@ -12,7 +12,6 @@ import torch
 from absl import flags
 
 from inception_jax import convert, models, torch_files
-from inception_jax.models import googlenet, inception_v3, pretrained
 from scripts import convert_weights
 from torch_refs import numpy_state_dict
 from torch_refs import torchvision_googlenet as tv_googlenet

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from inception_jax import analysis, convert, models
+from inception_jax import analysis, convert
 from inception_jax.models.inception_resnet_v2 import TORCH_RENAMES, InceptionResnetV2
 from model_utils import cheap_jit, variable_shapes
 from torch_refs import randomize, timm_inception_resnet_v2

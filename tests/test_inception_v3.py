@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from inception_jax import analysis, convert, models, preprocess
+from inception_jax import analysis, convert, preprocess
 from inception_jax.models import inception_v3
 from inception_jax.models.inception_v3 import InceptionV3
 from model_utils import abstract_apply, cheap_jit, param_count, variable_shapes

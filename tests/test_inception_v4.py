@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from inception_jax import analysis, convert, models
+from inception_jax import analysis, convert
 from inception_jax.models import pooling
 from inception_jax.models.inception_v4 import TORCH_RENAMES, InceptionV4
 from model_utils import cheap_jit, variable_shapes

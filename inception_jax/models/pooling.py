@@ -13,7 +13,6 @@ Where Flax's `nn.max_pool` / `nn.avg_pool` and PyTorch's pools differ:
 
 from __future__ import annotations
 
-import math
 
 import jax.numpy as jnp
 from jax import lax
