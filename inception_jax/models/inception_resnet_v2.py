@@ -33,13 +33,14 @@ import jax.numpy as jnp
 
 from inception_jax.models import pooling
 from inception_jax.models.blocks import Conv, ConvBlock, check_image_batch
+from inception_jax.models.inception_v4 import BRANCH_RENAME
 from inception_jax.models.pooling import avg_pool_3x3_s1, max_pool_3x3_s2
 
 ModuleDef = Any
 
 # For convert.torch_to_flax: a tower's Sequential index joins its name (timm's
 # `repeat.3.branch1.0.conv` is our `repeat/3/branch1_0/conv`).
-TORCH_RENAMES = ((r'\b(branch\d)\.(\d+)\b', r'\1_\2'),)
+TORCH_RENAMES = (BRANCH_RENAME,)
 
 MIN_SIZE = 75  # the smallest input whose last reduction (mixed_7a) still leaves a 1x1 map
 
