@@ -1,4 +1,18 @@
-"""Datasets from TFDS, as global batches for the training and evaluation steps.
+"""Datasets from TFDS, as each process's part of the global batches for the training and
+evaluation steps (parallel.shard_batch assembles the global arrays).
+
+    inputs = create_input(config, jax.process_index(), jax.process_count())
+    for batch in inputs.train_batches(start_step): ...   # this process's examples of each step
+    for batch in inputs.eval_batches(): ...              # the eval split once, padded; 'mask'
+
+Three pipelines, chosen by the config:
+- 'memory' (the default): the whole split in memory as stored, images in [0, 1]; training
+  batches are a pure function of the step, so a resumed run sees the same batches (MNIST).
+- 'inception' (`config.input_pipeline = 'inception'`): any TFDS image-classification
+  dataset streamed with tf.data, each process reading only its part of the split
+  (tfds.split_for_jax_process); Inception crops and flips for training, resize and centre
+  crop for evaluation, grey images tiled to 3 channels, then the model's normalization.
+- `config.dataset = 'synthetic'`: random images and labels made once, for benchmarks.
 
 Offline, TFDS prepares a dataset from files in its `manual_dir`: the config's
 `manual_dir` field, or `$TFDS_MANUAL_DIR` when that is empty. With neither set, TFDS
@@ -8,12 +22,16 @@ downloads as usual.
 from __future__ import annotations
 
 import functools
+import itertools
+import math
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import grain
 import ml_collections
 import numpy as np
+
+from inception_jax import preprocess
 
 MANUAL_DIR_ENV = 'TFDS_MANUAL_DIR'
 
@@ -128,3 +146,163 @@ def eval_batches(data: dict[str, np.ndarray], batch_size: int,
     batch = {k: np.concatenate([v, np.zeros((batch_size - real, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
     batch['mask'] = (np.arange(batch_size) < real).astype(np.float32)
     yield {k: v[local] for k, v in batch.items()}
+
+
+def create_input(config, process_index: int = 0, process_count: int = 1):
+  """The input pipeline `config` asks for (see the module docstring), for this process."""
+  if config.global_batch_size % process_count or config.eval_batch_size % process_count:
+    raise ValueError(
+        f'global_batch_size={config.global_batch_size} and eval_batch_size={config.eval_batch_size} must both '
+        f'be divisible by the {process_count} processes.'
+    )
+  if config.dataset == 'synthetic':
+    return SyntheticInput(config, process_index, process_count)
+  pipeline = config.get('input_pipeline', 'memory')
+  if pipeline == 'memory':
+    return InMemoryInput(config, process_index, process_count)
+  if pipeline == 'inception':
+    return InceptionInput(config, process_index, process_count)
+  raise ValueError(f"Unknown input_pipeline {pipeline!r}; use 'memory' or 'inception'.")
+
+
+class InMemoryInput:
+  """Whole splits in memory, images as stored in [0, 1]; every process holds the splits and
+  takes its part of each global batch (fine for MNIST-sized data)."""
+
+  def __init__(self, config, process_index: int = 0, process_count: int = 1):
+    train, self.num_classes = load_split(config, config.train_split)
+    self._eval, _ = load_split(config, config.eval_split)
+    check_batch(train, self.num_classes)
+    check_batch(self._eval, self.num_classes)
+    self.image_shape = train['image'].shape[1:]
+    self.num_eval_examples = len(self._eval['label'])
+    self._batches = TrainBatches(train, config.global_batch_size, config.seed, process_index, process_count)
+    self._eval_args = (config.eval_batch_size, process_index, process_count)
+
+  def train_batches(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+    for step in itertools.count(start_step):
+      # Every batch comes from the split whose labels were checked once above.
+      yield self._batches[step]
+
+  def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
+    return eval_batches(self._eval, *self._eval_args)
+
+
+class SyntheticInput:
+  """Random normal images and uniform labels, made once: the speed of the steps alone."""
+
+  def __init__(self, config, process_index: int = 0, process_count: int = 1):
+    size = config.image_size
+    self.num_classes = config.get('num_classes', 1000)
+    self.image_shape = (size, size, 3)
+    self.num_eval_examples = config.eval_batch_size
+    rng = np.random.default_rng([config.seed, process_index])
+
+    def batch(n):
+      return {'image': rng.standard_normal((n, *self.image_shape), np.float32),
+              'label': rng.integers(0, self.num_classes, n).astype(np.int32)}
+
+    self._train = batch(config.global_batch_size // process_count)
+    self._eval = batch(config.eval_batch_size // process_count) | {
+        'mask': np.ones(config.eval_batch_size // process_count, np.float32)}
+
+  def train_batches(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+    del start_step
+    return itertools.repeat(self._train)
+
+  def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
+    yield self._eval
+
+
+NORMALIZATIONS = {
+    'inception': (preprocess.INCEPTION_MEAN, preprocess.INCEPTION_STD),
+    'imagenet': (preprocess.IMAGENET_MEAN, preprocess.IMAGENET_STD),
+    'none': ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+
+
+class InceptionInput:
+  """A TFDS image-classification dataset streamed with tf.data, this process's part only.
+
+  Training: an endless stream, reshuffled every epoch, of Inception crops (config.crop_area_range,
+  config.crop_aspect_ratio_range) resized to config.image_size, flipped left-right at random
+  when config.random_flip. A resumed run draws a fresh order from (seed, start step) rather
+  than replaying the interrupted one's (streaming datasets cannot seek cheaply).
+  Evaluation: resize to image_size / config.eval_crop_fraction, central image_size crop.
+  Both: grey images tiled to 3 channels, then config.normalization ('inception': [-1, 1],
+  'imagenet': mean/std, 'none': [0, 1]).
+  """
+
+  def __init__(self, config, process_index: int = 0, process_count: int = 1):
+    self._tfds = _tfds()
+    self._builder = prepare(config)
+    features = self._builder.info.features
+    if 'image' not in features or 'label' not in features or not hasattr(features['label'], 'num_classes'):
+      raise ValueError(
+          f'TFDS dataset {config.dataset!r} has features {sorted(features)}; an image-classification dataset '
+          "with 'image' and a class 'label' is needed (e.g. imagenet2012, imagenette, cifar10, mnist)."
+      )
+    if config.normalization not in NORMALIZATIONS:
+      raise ValueError(f'Unknown normalization {config.normalization!r}; use one of {sorted(NORMALIZATIONS)}.')
+    self.num_classes = features['label'].num_classes
+    self.image_shape = (config.image_size, config.image_size, 3)
+    self._config = config
+    self._process = (process_index, process_count)
+    splits = self._builder.info.splits
+    self.num_eval_examples = splits[config.eval_split].num_examples
+    # Every process runs as many eval steps as the one with the largest part.
+    local = [splits[self._split(config.eval_split, i)].num_examples for i in range(process_count)]
+    self._eval_batch_size = config.eval_batch_size // process_count
+    self._num_eval_batches = math.ceil(max(local) / self._eval_batch_size)
+
+  def _split(self, split: str, process_index: int | None = None) -> str:
+    index = self._process[0] if process_index is None else process_index
+    return self._tfds.split_for_jax_process(split, process_index=index, process_count=self._process[1])
+
+  def _finish(self, image, label):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    if image.shape[-1] == 1:
+      image = tf.tile(image, [1, 1, 3])
+    mean, std = NORMALIZATIONS[self._config.normalization]
+    return {'image': (image - mean) / std, 'label': tf.cast(label, tf.int32)}
+
+  def train_batches(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    config, tfds = self._config, self._tfds
+    seed = int(np.random.default_rng([config.seed, start_step, self._process[0]]).integers(2**31))
+    ds = self._builder.as_dataset(
+        split=self._split(config.train_split), shuffle_files=True, read_config=tfds.ReadConfig(shuffle_seed=seed)
+    )
+    ds = ds.shuffle(config.shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True).repeat().enumerate()
+
+    def example(index, features):
+      crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(tf.stack([seed, index]), 2))
+      image = preprocess.random_resized_crop(
+          features['image'], config.image_size, crop_seed,
+          area_range=tuple(config.crop_area_range), aspect_ratio_range=tuple(config.crop_aspect_ratio_range),
+      )
+      if config.random_flip:
+        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+      return self._finish(image, features['label'])
+
+    ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(config.global_batch_size // self._process[1], drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return iter(tfds.as_numpy(ds))
+
+  def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    config, n = self._config, self._eval_batch_size
+    ds = self._builder.as_dataset(split=self._split(config.eval_split), shuffle_files=False)
+    ds = ds.map(lambda f: self._finish(preprocess.resize_center_crop(f['image'], config.image_size,
+                                                                      config.eval_crop_fraction), f['label']),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    batches = iter(self._tfds.as_numpy(ds.batch(n).prefetch(tf.data.AUTOTUNE)))
+    for _ in range(self._num_eval_batches):
+      batch = next(batches, None) or {'image': np.zeros((0, *self.image_shape), np.float32),
+                                      'label': np.zeros((0,), np.int32)}
+      real = len(batch['label'])
+      batch = {k: np.concatenate([v, np.zeros((n - real, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+      yield batch | {'mask': (np.arange(n) < real).astype(np.float32)}

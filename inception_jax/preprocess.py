@@ -18,6 +18,9 @@ images, so those two models undo that normalization inside (per channel,
 x * std / 0.5 + (mean - 0.5) / 0.5). Feeding [-1, 1] inputs to a model with
 transform_input=True, or ImageNet-normalized ones to a model without it, silently costs
 accuracy.
+
+The training and evaluation crops (`random_resized_crop`, `resize_center_crop`) run in the
+TFDS input pipeline (data.InceptionInput) on one TensorFlow image at a time.
 """
 
 from __future__ import annotations
@@ -66,3 +69,44 @@ def fid_inputs(x):
   """What pytorch-fid's `InceptionV3` (resize_input=True, normalize_input=True) does to [0, 1]
   images before its network: bilinear resize to 299x299, then 2x - 1."""
   return 2 * resize_bilinear(x, FID_SIZE) - 1
+
+
+def _tf():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  return tf
+
+
+def random_resized_crop(image, size: int, seed, *, area_range=(0.08, 1.0), aspect_ratio_range=(3 / 4, 4 / 3)):
+  """The Inception crop (GoogLeNet's paper; torchvision's RandomResizedCrop): a random box
+  covering `area_range` of the image with width/height in `aspect_ratio_range`, resized to
+  size x size. When 10 draws find no such box, the whole image is used.
+
+  One HWC image (uint8, or floats in [0, 1]) as a TF tensor -> float32 in [0, 1].
+  `seed`: a stateless TF seed (two integers), so a crop is a function of it.
+  """
+  tf = _tf()
+  image = tf.image.convert_image_dtype(image, tf.float32)
+  whole = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4])
+  begin, box, _ = tf.image.stateless_sample_distorted_bounding_box(
+      tf.shape(image), whole, seed=seed, min_object_covered=area_range[0], aspect_ratio_range=aspect_ratio_range,
+      area_range=area_range, max_attempts=10, use_image_if_no_bounding_boxes=True,
+  )
+  crop = tf.slice(image, begin, box)
+  return tf.image.resize(crop, (size, size), method='bilinear', antialias=True)
+
+
+def resize_center_crop(image, size: int, crop_fraction: float = 0.875):
+  """The evaluation crop: shorter side resized to size / crop_fraction, then the central
+  size x size (torchvision's Resize(256) + CenterCrop(224) at size 224).
+
+  One HWC image (uint8, or floats in [0, 1]) as a TF tensor -> float32 in [0, 1].
+  """
+  tf = _tf()
+  image = tf.image.convert_image_dtype(image, tf.float32)
+  hw = tf.cast(tf.shape(image)[:2], tf.float32)
+  scale = (size / crop_fraction) / tf.reduce_min(hw)
+  new_hw = tf.maximum(tf.cast(tf.round(hw * scale), tf.int32), size)
+  image = tf.image.resize(image, new_hw, method='bilinear', antialias=True)
+  top, left = (new_hw[0] - size) // 2, (new_hw[1] - size) // 2
+  return image[top:top + size, left:left + size]

@@ -11,7 +11,8 @@ import functools
 import json
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import jax
@@ -24,8 +25,7 @@ from clu import metric_writers
 
 from inception_jax import checkpoint as ckpt
 from inception_jax import data as data_lib
-from inception_jax import models
-from inception_jax import parallel
+from inception_jax import models, parallel
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -46,24 +46,48 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int):
 
 
 def learning_rate_schedule(config) -> optax.Schedule:
-  warmup = config.warmup_steps
+  """Linear warmup from 0 to config.learning_rate, then 'cosine' (to 0 at the last step),
+  'exponential' (x config.lr_decay_rate every config.lr_decay_steps, the Inception papers')
+  or 'constant'."""
+  warmup, peak = config.warmup_steps, config.learning_rate
   if config.lr_schedule == 'cosine':
     return optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, warmup, decay_steps=max(config.num_train_steps, warmup + 1), end_value=0.0
+        0.0, peak, warmup, decay_steps=max(config.num_train_steps, warmup + 1), end_value=0.0
+    )
+  if config.lr_schedule == 'exponential':
+    return optax.warmup_exponential_decay_schedule(
+        0.0, peak, warmup, transition_steps=config.lr_decay_steps, decay_rate=config.lr_decay_rate, staircase=True
     )
   if config.lr_schedule == 'constant':
     if warmup == 0:
-      return optax.constant_schedule(config.learning_rate)
-    return optax.join_schedules(
-        [optax.linear_schedule(0.0, config.learning_rate, warmup), optax.constant_schedule(config.learning_rate)], [warmup]
-    )
-  raise ValueError(f"Unknown lr_schedule {config.lr_schedule!r}; use 'cosine' or 'constant'.")
+      return optax.constant_schedule(peak)
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup])
+  raise ValueError(f"Unknown lr_schedule {config.lr_schedule!r}; use 'cosine', 'exponential' or 'constant'.")
 
 
 def create_optimizer(config) -> optax.GradientTransformation:
+  """'adam', 'sgd' (momentum, optionally Nesterov) or 'rmsprop' (TensorFlow 1's, as the
+  Inception v3 paper trains: decay 0.9, epsilon 1.0 inside the square root, the mean
+  square starting at 1), with the schedule above.
+
+  config.weight_decay > 0 adds weight_decay * w to the gradient of every kernel (arrays of
+  rank 2 and up; not biases or BatchNorm scales), as L2 regularization does.
+  """
+  lr = learning_rate_schedule(config)
   if config.optimizer == 'adam':
-    return optax.adam(learning_rate_schedule(config), b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
-  raise ValueError(f"Unknown optimizer {config.optimizer!r}; use 'adam'.")
+    tx = optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+  elif config.optimizer == 'sgd':
+    tx = optax.sgd(lr, momentum=config.get('momentum', 0.9), nesterov=config.get('nesterov', False))
+  elif config.optimizer == 'rmsprop':
+    tx = optax.rmsprop(lr, decay=config.get('rmsprop_decay', 0.9), eps=config.get('rmsprop_eps', 1.0),
+                       momentum=config.get('momentum', 0.9), eps_in_sqrt=True, initial_scale=1.0)
+  else:
+    raise ValueError(f"Unknown optimizer {config.optimizer!r}; use 'adam', 'sgd' or 'rmsprop'.")
+  weight_decay = config.get('weight_decay', 0.0)
+  if weight_decay:
+    kernels = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+    tx = optax.chain(optax.add_decayed_weights(weight_decay, mask=kernels), tx)
+  return tx
 
 
 def create_train_state(model, tx, image_shape, seed: int) -> TrainState:
@@ -82,17 +106,30 @@ def create_train_state(model, tx, image_shape, seed: int) -> TrainState:
   )
 
 
-def cross_entropy(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+def cross_entropy(logits, labels, label_smoothing: float = 0.0):
+  """Per example; the targets put 1 - label_smoothing on the label, the rest spread evenly."""
+  logits = logits.astype(jnp.float32)
+  if not label_smoothing:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def correct_top_k(logits, labels, k: int):
+  """1 where the label is among the k highest logits (all of them when there are fewer)."""
+  k = min(k, logits.shape[-1])
+  return jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1)
 
 
 def train_step(
-    state: TrainState, batch: dict[str, jax.Array], *, aux_loss_weight: float = 0.0
+    state: TrainState, batch: dict[str, jax.Array], *, aux_loss_weight: float = 0.0, label_smoothing: float = 0.0
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a global batch; returns the new state and the batch's metrics.
 
   The losses of auxiliary classifiers (features whose key starts with 'aux') are added
-  with `aux_loss_weight` each (GoogLeNet's paper: 0.3).
+  with `aux_loss_weight` each (GoogLeNet's paper: 0.3). BatchNorm normalizes with the
+  statistics of the whole global batch, however many devices hold it: under jit the
+  batch is one array (no per-device statistics, no axis_name).
   """
   dropout_key = jax.random.fold_in(state.dropout_key, state.step)
 
@@ -101,10 +138,10 @@ def train_step(
     (logits, features), updates = state.apply_fn(
         variables, batch['image'], train=True, rngs={'dropout': dropout_key}, mutable=['batch_stats']
     )
-    loss = cross_entropy(logits, batch['label']).mean()
+    loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
     for key, aux_logits in features.items():
       if key.startswith('aux') and aux_loss_weight:
-        loss += aux_loss_weight * cross_entropy(aux_logits, batch['label']).mean()
+        loss += aux_loss_weight * cross_entropy(aux_logits, batch['label'], label_smoothing).mean()
     return loss, (logits, updates.get('batch_stats', {}))
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -115,8 +152,11 @@ def train_step(
       batch_stats=batch_stats,
       opt_state=opt_state,
   )
-  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
-  return state, {'loss': loss, 'accuracy': accuracy}
+  return state, {
+      'loss': loss,
+      'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
+      'top5_accuracy': jnp.mean(correct_top_k(logits, batch['label'], 5)),
+  }
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -126,6 +166,7 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.A
   return {
       'loss_sum': jnp.sum(cross_entropy(logits, batch['label']) * mask),
       'correct': jnp.sum((jnp.argmax(logits, -1) == batch['label']) * mask),
+      'correct_top5': jnp.sum(correct_top_k(logits, batch['label'], 5) * mask),
       'count': jnp.sum(mask),
   }
 
@@ -166,12 +207,13 @@ def create_writer(workdir: str) -> metric_writers.MetricWriter:
   ])
 
 
-def evaluate(eval_fn, state, data, batch_size: int, mesh) -> dict[str, float]:
-  sums = []
-  for batch in data_lib.eval_batches(data, batch_size, jax.process_index(), jax.process_count()):
-    sums.append(eval_fn(state, parallel.shard_batch(batch, mesh)))
+def evaluate(eval_fn, state, inputs, mesh) -> dict[str, float]:
+  """Accuracy, top-5 accuracy and loss over the whole evaluation split."""
+  sums = [eval_fn(state, parallel.shard_batch(batch, mesh)) for batch in inputs.eval_batches()]
   totals = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(sums))
-  return {'accuracy': totals['correct'] / totals['count'], 'loss': totals['loss_sum'] / totals['count']}
+  count = totals['count']
+  return {'accuracy': totals['correct'] / count, 'top5_accuracy': totals['correct_top5'] / count,
+          'loss': totals['loss_sum'] / count}
 
 
 def _check_config(config) -> None:
@@ -183,32 +225,36 @@ def _check_config(config) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple[TrainState, dict[str, Any]]:
-  """Trains (resuming from `workdir`'s latest checkpoint), evaluates, writes final_metrics.json."""
+  """Trains (resuming from `workdir`'s latest checkpoint), evaluates, writes final_metrics.json.
+
+  With several processes (parallel.initialize_distributed first), every process calls this
+  with the same config and workdir, on a filesystem they share: each reads its part of the
+  data, all write the checkpoints together, and process 0 alone writes the metrics files.
+  config.global_batch_size is the batch of one step over all devices of all processes.
+  """
   _check_config(config)
   os.makedirs(workdir, exist_ok=True)
-  mesh = parallel.make_mesh()
+  mesh = parallel.make_mesh(config.get('num_devices', -1))
   parallel.check_batch_divisible(config.global_batch_size, mesh)
   parallel.check_batch_divisible(config.eval_batch_size, mesh, 'eval_batch_size')
 
-  train_data, num_classes = data_lib.load_split(config, config.train_split)
-  eval_data, _ = data_lib.load_split(config, config.eval_split)
-  data_lib.check_batch(train_data, num_classes)
-  data_lib.check_batch(eval_data, num_classes)
-  batches = data_lib.TrainBatches(
-      train_data, config.global_batch_size, config.seed, jax.process_index(), jax.process_count()
-  )
-  image_shape = train_data['image'].shape[1:]
-
-  model = create_model(config, num_classes)
+  inputs = data_lib.create_input(config, jax.process_index(), jax.process_count())
+  model = create_model(config, inputs.num_classes)
   tx = create_optimizer(config)
   schedule = learning_rate_schedule(config)  # for logging
-  init = lambda: create_train_state(model, tx, image_shape, config.seed)
+  init = lambda: create_train_state(model, tx, inputs.image_shape, config.seed)
   abstract_state = jax.eval_shape(init)
-  state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), abstract_state)
+  state_sharding = parallel.state_shardings(
+      abstract_state, mesh, shard_params=config.get('shard_params', False),
+      min_size=config.get('shard_min_size', parallel.SHARD_MIN_SIZE),
+  )
 
   # The one place where steps are compiled. The state is donated: its buffers are reused.
+  step_fn = functools.partial(
+      train_step, aux_loss_weight=config.aux_loss_weight, label_smoothing=config.get('label_smoothing', 0.0)
+  )
   p_train_step = jax.jit(
-      functools.partial(train_step, aux_loss_weight=config.aux_loss_weight),
+      step_fn,
       in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
       out_shardings=(state_sharding, parallel.replicated(mesh)),
       donate_argnums=0,
@@ -267,17 +313,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
 
   def run_eval(step: int) -> dict[str, float]:
     start = time.perf_counter()
-    metrics = evaluate(p_eval_step, state, eval_data, config.eval_batch_size, mesh)
-    logging.info('eval at step %d: accuracy %.4f  loss %.4f  (%d examples, %.1fs)',
-                 step, metrics['accuracy'], metrics['loss'], len(eval_data['label']), time.perf_counter() - start)
+    metrics = evaluate(p_eval_step, state, inputs, mesh)
+    logging.info('eval at step %d: accuracy %.4f  top-5 %.4f  loss %.4f  (%d examples, %.1fs)', step,
+                 metrics['accuracy'], metrics['top5_accuracy'], metrics['loss'], inputs.num_eval_examples,
+                 time.perf_counter() - start)
     writer.write_scalars(step, {f'eval_{k}': v for k, v in metrics.items()})
     return metrics
 
+  batches = inputs.train_batches(step)
   try:
     while step < config.num_train_steps:
       start = time.perf_counter()
-      # Every batch comes from train_data, whose labels were checked once above.
-      state, metrics = p_train_step(state, parallel.shard_batch(batches[step], mesh))
+      state, metrics = p_train_step(state, parallel.shard_batch(next(batches), mesh))
       pending.append(metrics)
       step += 1
       last = step == config.num_train_steps
@@ -297,6 +344,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
 
   final = {
       'test_accuracy': eval_metrics['accuracy'],
+      'test_top5_accuracy': eval_metrics['top5_accuracy'],
       'test_loss': eval_metrics['loss'],
       'step': step,
       'train_seconds': round(train_seconds, 2),
