@@ -1,116 +1,316 @@
-"""Times compiled training or evaluation steps on synthetic data; one JSON line per run.
+"""Times compiled training or evaluation steps on synthetic data, or the input pipeline; one
+JSON line per run.
 
-    python -m scripts.benchmark --model=mnist_inception --mode=train --batch_size=128 --steps=5
-    python -m scripts.benchmark --model=mnist_inception --mode=eval --batch_size=1000 --steps=5
+    python -m scripts.benchmark --model=mnist_inception --mode=train --batch_size=128 --steps=5 --compare_torch
+    python -m scripts.benchmark --model=googlenet --mode=eval --batch_size=32 --steps=3 --compare_torch
+    python -m scripts.benchmark --mode=input --batch_size=128     # images/s MNIST's training input delivers
+    python -m scripts.benchmark --mode=input --batch_size=32 --dataset=mnist \
+        --input_config=experiments/configs/imagenet_inception.py --input_config.eval_split=test
+                                                # another experiment's input (Inception crops at 224)
     python -m scripts.benchmark --peak          # the machine's float32 matmul rate
+    python -m scripts.benchmark --peak --mode=train               # both, and fraction_of_peak
 
-The step is the one `inception_jax.train` runs (Adam, donated state, jit with shardings);
-compilation is timed separately from the steps. Multiply-adds per image come from
-`inception_jax.analysis`; achieved FLOP/s counts 2 FLOPs per multiply-add, and 3x the
-forward for a training step (forward, input gradient, weight gradient).
+The step is the one `inception_jax.train` runs (Adam, aux losses weighted by
+--aux_loss_weight, donated state, jit with shardings); compilation is timed separately
+from the steps. Multiply-adds per image come from `inception_jax.analysis`; achieved FLOP/s
+counts 2 FLOPs per multiply-add, and 3x the forward for a training step (forward, input
+gradient, weight gradient).
+
+--compare_torch times the same network in PyTorch eager (tests/torch_refs/benchmark_nets.py:
+same structure and parameter count, checked; Adam for training, eval mode and
+`torch.inference_mode` for evaluation) in the same process, alternating one JAX and one
+torch step (in alternating order), so noise on this shared machine hits both alike.
 """
 
+from __future__ import annotations
+
+import functools
 import json
+import os
+import pathlib
 import resource
 import statistics
+import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
+from ml_collections import config_flags
 
-from inception_jax import analysis, models, parallel, train
+from experiments.configs import mnist_inception
+from inception_jax import analysis, data, models, parallel, train
 
 _MODEL = flags.DEFINE_string('model', 'mnist_inception', 'A registered model.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'Time training or evaluation steps.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'input'],
+                          'Time training steps, evaluation steps, or the training input (--input_config, --dataset).')
 _BATCH = flags.DEFINE_integer('batch_size', 128, 'Global batch size.')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', None, "Input height and width; default: the model's own.")
-_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps (after one warm-up step).')
+_STEPS = flags.DEFINE_integer('steps', None, 'Timed steps after one warm-up step; default 5, or 100 batches for --mode=input.')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype (parameters stay float32).')
-_PEAK = flags.DEFINE_bool('peak', False, 'Measure the float32 matmul rate instead.')
-_JSON = flags.DEFINE_bool('json', True, 'Print JSON lines.')
+_AUX_LOSS_WEIGHT = flags.DEFINE_float('aux_loss_weight', 0.3, "Weight of each aux head's loss, as config.aux_loss_weight.")
+_COMPARE_TORCH = flags.DEFINE_bool('compare_torch', False, 'Also time the PyTorch eager equivalent, alternating steps.')
+_PEAK = flags.DEFINE_bool('peak', False, 'Measure the float32 matmul rate; with --mode or --model, then run that too.')
+_PEAK_FLOPS = flags.DEFINE_float('peak_flops', None, 'A peak FLOP/s measured earlier by --peak, for fraction_of_peak.')
+_INPUT_CONFIG = config_flags.DEFINE_config_file(
+    'input_config', None, "--mode=input: the experiment config whose training input is timed; default: "
+    "experiments/configs/mnist_inception.py's.")
+_DATASET = flags.DEFINE_string('dataset', None, "--mode=input: the TFDS dataset, replacing the config's.")
+_JSON = flags.DEFINE_bool('json', True, 'Print JSON lines (else one "key: value" per line).')
+
+TORCH_MISSING = 'needs torch (the test extra: pip install -e ".[test]")'
 
 
-def _time(fn, steps):
+def _cpu_seconds() -> float:
+  times = os.times()
+  return times.user + times.system  # every thread of this process
+
+
+def _time(fn: Callable[[], Any], steps: int) -> list[tuple[float, float]]:
+  """(wall, CPU) seconds per call of `fn`, which returns only when its work is done."""
   times = []
   for _ in range(steps):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
+    start, cpu = time.perf_counter(), _cpu_seconds()
+    fn()
+    times.append((time.perf_counter() - start, _cpu_seconds() - cpu))
   return times
 
 
-def peak(n: int = 4096, steps: int = 5) -> dict:
+def _alternate(fns: list[Callable[[], Any]], steps: int) -> list[list[tuple[float, float]]]:
+  """`_time` of each of `fns` `steps` times, one call of each per round, the order reversed
+  every other round so that neither always runs first."""
+  times = [[] for _ in fns]
+  for round_ in range(steps):
+    order = range(len(fns)) if round_ % 2 == 0 else reversed(range(len(fns)))
+    for i in order:
+      times[i] += _time(fns[i], 1)
+  return times
+
+
+def host_memory_gb() -> float:
+  """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _devices() -> dict:
+  return {'device_kind': jax.devices()[0].device_kind, 'device_count': jax.device_count()}
+
+
+def _torch():
+  """torch and our torch networks, imported only when asked for (torch is a test extra)."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise RuntimeError(f'--compare_torch {TORCH_MISSING}.') from e
+  tests = str(pathlib.Path(__file__).resolve().parents[1] / 'tests')
+  if tests not in sys.path:
+    sys.path.append(tests)  # where the tests import torch_refs from
+  from torch_refs import benchmark_nets  # pylint: disable=g-import-not-at-top
+
+  torch.set_num_threads(os.cpu_count())
+  return torch, benchmark_nets
+
+
+def peak(n: int = 4096, steps: int = 5, compare_torch: bool = False) -> dict:
+  """The best of `steps` float32 n x n matrix products, in FLOP/s (and torch's with `compare_torch`)."""
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
   matmul = jax.jit(jnp.dot)
   jax.block_until_ready(matmul(a, a))
-  best = min(_time(lambda: matmul(a, a), steps))
-  return {'mode': 'peak', 'matmul': f'{n}x{n}x{n} float32', 'flops_per_sec': 2 * n**3 / best,
-          'device_kind': jax.devices()[0].device_kind, 'device_count': jax.device_count()}
+  best = min(wall for wall, _ in _time(lambda: jax.block_until_ready(matmul(a, a)), steps))
+  result = {'mode': 'peak', 'matmul': f'{n}x{n}x{n} float32', 'flops_per_sec': 2 * n**3 / best, **_devices()}
+  if compare_torch:
+    torch, _ = _torch()
+    b = torch.from_numpy(np.array(a))
+    torch.mm(b, b)
+    result['torch_flops_per_sec'] = 2 * n**3 / min(wall for wall, _ in _time(lambda: torch.mm(b, b), steps))
+    result['torch_threads'] = torch.get_num_threads()
+  return result
 
 
-def run(model_name: str, mode: str, batch_size: int, image_size: int | None, steps: int, dtype: str) -> dict:
-  model = models.create_model(model_name, dtype=jnp.dtype(dtype))
+def param_counts(model_name: str, image_size: int | None = None, **overrides) -> tuple[int, int]:
+  """Parameters of our model and of its torch equivalent (the latter needs torch)."""
+  model = models.create_model(model_name, **overrides)
+  size = image_size or model.image_size
+  x = jax.ShapeDtypeStruct((1, size, size, model.in_channels), jnp.float32)
+  variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0), x)
+  return sum(p.size for p in jax.tree.leaves(variables['params'])), _torch_param_count(model_name, model)
+
+
+def _torch_param_count(model_name: str, model) -> int:
+  torch, nets = _torch()
+  with torch.device('meta'):  # shapes only: nothing allocated or initialized
+    return nets.param_count(nets.build(model_name, model))
+
+
+def _check_same_size(num_params: int, torch_params: int) -> None:
+  if torch_params != num_params:
+    raise AssertionError(
+        f'The torch network has {torch_params:,} parameters, ours {num_params:,}: not the same network.')
+
+
+def run(model_name: str, mode: str, batch_size: int, image_size: int | None = None, steps: int = 5,
+        dtype: str = 'float32', *, aux_loss_weight: float = 0.3, compare_torch: bool = False,
+        peak_flops: float | None = None, **overrides) -> dict:
+  """Times `steps` training or evaluation steps of `model_name` (fields `overrides`) on random data."""
+  model = models.create_model(model_name, dtype=jnp.dtype(dtype), **overrides)
   size = image_size or model.image_size
   image_shape = (size, size, model.in_channels)
-  macs = sum(l.macs for l in analysis.count(models.create_model(model_name), image_shape, train=False))
+  macs = sum(l.macs for l in analysis.count(models.create_model(model_name, **overrides), image_shape, train=False))
 
-  config = ml_collections.ConfigDict(dict(
-      optimizer='adam', learning_rate=1e-3, lr_schedule='constant', warmup_steps=0, num_train_steps=1,
-      adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8))
+  config = ml_collections.ConfigDict({
+      'optimizer': 'adam', 'learning_rate': 1e-3, 'lr_schedule': 'constant', 'warmup_steps': 0,
+      'num_train_steps': 1, 'adam_b1': 0.9, 'adam_b2': 0.999, 'adam_eps': 1e-8})
   tx = train.create_optimizer(config)
   mesh = parallel.make_mesh()
   parallel.check_batch_divisible(batch_size, mesh, 'batch_size')
   abstract = jax.eval_shape(lambda: train.create_train_state(model, tx, image_shape, 0))
+  num_params = sum(x.size for x in jax.tree.leaves(abstract.params))
+  if compare_torch:  # fail before compiling anything
+    _check_same_size(num_params, _torch_param_count(model_name, model))
   state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
-  state = jax.jit(lambda: train.create_train_state(model, tx, image_shape, 0), out_shardings=state_sharding)()
+  # Runs once: compiled without LLVM's optimizations, which take most of model.init's compile time on CPU.
+  init = jax.jit(lambda: train.create_train_state(model, tx, image_shape, 0), out_shardings=state_sharding)
+  state = init.lower().compile(compiler_options={'xla_backend_optimization_level': 0})()
   rng = np.random.default_rng(0)
-  batch = parallel.shard_batch({
+  host_batch = {
       'image': rng.random((batch_size, *image_shape), np.float32),
       'label': rng.integers(0, model.num_classes, batch_size).astype(np.int32),
       'mask': np.ones(batch_size, np.float32),
-  }, mesh)
+  }
+  batch = parallel.shard_batch(host_batch, mesh)
 
   if mode == 'train':
-    step = jax.jit(train.train_step, in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
+    step = jax.jit(functools.partial(train.train_step, aux_loss_weight=aux_loss_weight),
+                   in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
                    out_shardings=(state_sharding, parallel.replicated(mesh)), donate_argnums=0)
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_seconds = time.perf_counter() - start
     holder = [state]
 
-    def one():
+    def jax_step():
       holder[0], metrics = compiled(holder[0], batch)
-      return metrics
-  else:
+      jax.block_until_ready((holder[0], metrics))
+  elif mode == 'eval':
     step = jax.jit(train.eval_step, in_shardings=(state_sharding, parallel.batch_sharding(mesh)))
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_seconds = time.perf_counter() - start
-    one = lambda: compiled(state, batch)
+    jax_step = lambda: jax.block_until_ready(compiled(state, batch))
+  else:
+    raise ValueError(f"mode must be 'train' or 'eval' here, got {mode!r}.")
 
-  _time(one, 1)  # warm-up
-  times = _time(one, steps)
-  step_seconds = statistics.median(times)
+  _time(jax_step, 1)  # warm-up
+  memory_gb = host_memory_gb()  # before torch allocates anything
   flops_per_image = 2 * macs * (3 if mode == 'train' else 1)
-  return {
-      'model': model_name, 'mode': mode, 'batch_size': batch_size, 'image_size': size, 'dtype': dtype,
-      'device_kind': jax.devices()[0].device_kind, 'device_count': jax.device_count(),
-      'images_per_sec': batch_size / step_seconds, 'step_ms': 1e3 * step_seconds,
-      'step_ms_min': 1e3 * min(times), 'compile_seconds': compile_seconds,
-      'peak_host_memory_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-      'macs_per_image': macs, 'flops_per_sec': flops_per_image * batch_size / step_seconds,
+
+  def rates(prefix: str, times: list[tuple[float, float]]) -> dict:
+    walls, cpus = zip(*times)
+    seconds = statistics.median(walls)
+    out = {f'{prefix}images_per_sec': batch_size / seconds, f'{prefix}step_ms': 1e3 * seconds,
+           f'{prefix}step_ms_min': 1e3 * min(walls), f'{prefix}step_cpu_ms': 1e3 * statistics.median(cpus),
+           f'{prefix}step_ms_all': [round(1e3 * t, 1) for t in walls],
+           f'{prefix}flops_per_sec': flops_per_image * batch_size / seconds}
+    if peak_flops:
+      out[f'{prefix}fraction_of_peak'] = out[f'{prefix}flops_per_sec'] / peak_flops
+    return out
+
+  result = {
+      'model': model_name, 'mode': mode, 'batch_size': batch_size, 'image_size': size, 'dtype': dtype, **_devices(),
+      'params': num_params, 'compile_seconds': compile_seconds, 'peak_host_memory_gb': memory_gb,
+      'macs_per_image': macs,
   }
+  if aux_loss_weight and mode == 'train':
+    result['aux_loss_weight'] = aux_loss_weight
+  if not compare_torch:
+    return result | rates('', _time(jax_step, steps))
+
+  torch_step, torch_info = _torch_step(model_name, model, mode, host_batch, aux_loss_weight, dtype)
+  _check_same_size(num_params, torch_info['torch_params'])
+  jax_times, torch_times = _alternate([jax_step, torch_step], steps)
+  result |= rates('', jax_times) | torch_info | rates('torch_', torch_times)
+  result['speedup'] = result['images_per_sec'] / result['torch_images_per_sec']
+  # Other processes can stretch a step's wall time several times over without adding to its
+  # CPU time (on this shared 2-core machine, torch steps of 7 CPU seconds took 7 to 380 s):
+  # the fastest steps and the CPU times tell whether the median ratio is the machine's doing.
+  result['speedup_of_fastest'] = result['torch_step_ms_min'] / result['step_ms_min']
+  result['speedup_in_cpu_time'] = result['torch_step_cpu_ms'] / result['step_cpu_ms']
+  result['peak_host_memory_gb_with_torch'] = host_memory_gb()
+  return result
+
+
+def _torch_step(model_name, model, mode, host_batch, aux_loss_weight, dtype) -> tuple[Callable[[], Any], dict]:
+  """One warmed-up torch step on the same batch (NCHW), and facts about it."""
+  torch, nets = _torch()
+  torch.manual_seed(0)
+  net = nets.build(model_name, model)
+  images = torch.from_numpy(np.ascontiguousarray(host_batch['image'].transpose(0, 3, 1, 2)))
+  labels = torch.from_numpy(host_batch['label'].astype(np.int64))
+  if mode == 'train':
+    step = nets.train_step(net, images, labels, aux_loss_weight=aux_loss_weight, dtype=dtype)
+  else:
+    step = nets.eval_step(net, images, labels, dtype=dtype)
+  warmup = _time(step, 1)[0][0]
+  return step, {'torch_version': torch.__version__, 'torch_threads': torch.get_num_threads(),
+                'torch_params': nets.param_count(net), 'torch_warmup_seconds': warmup}
+
+
+def input_pipeline(config: ml_collections.ConfigDict, steps: int = 100) -> dict:
+  """Images/s delivered to the step by the training input of an experiment `config`
+  (`data.create_input`: MNIST in memory, Inception crops streamed from TFDS, ...): host
+  batches sharded onto the devices (`parallel.shard_batch`), as train_and_evaluate feeds
+  its train step. Setting up (reading MNIST into memory, opening files) is timed apart."""
+  mesh = parallel.make_mesh()
+  batch_size = config.global_batch_size
+  parallel.check_batch_divisible(batch_size, mesh, 'batch_size')
+  start = time.perf_counter()
+  inputs = data.create_input(config, jax.process_index(), jax.process_count())  # as train_and_evaluate
+  batches = inputs.train_batches(0)
+  setup_seconds = time.perf_counter() - start
+  one = lambda: jax.block_until_ready(parallel.shard_batch(next(batches), mesh))
+  _time(one, 1)  # warm-up
+  times = [wall for wall, _ in _time(one, steps)]
+  seconds = statistics.median(times)
+  return {
+      'mode': 'input', 'dataset': config.dataset, 'input_pipeline': config.get('input_pipeline', 'memory'),
+      'batch_size': batch_size, 'image_shape': list(inputs.image_shape), **_devices(),
+      'images_per_sec': batch_size / seconds, 'batch_ms': 1e3 * seconds, 'batch_ms_max': 1e3 * max(times),
+      'images_per_sec_overall': batch_size * steps / sum(times), 'batches': steps, 'setup_seconds': setup_seconds,
+      'peak_host_memory_gb': host_memory_gb(),
+  }
+
+
+def _print(result: dict) -> None:
+  if _JSON.value:
+    print(json.dumps(result), flush=True)
+  else:
+    print('\n'.join(f'{k}: {v}' for k, v in result.items()), flush=True)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  result = peak() if _PEAK.value else run(
-      _MODEL.value, _MODE.value, _BATCH.value, _IMAGE_SIZE.value, _STEPS.value, _DTYPE.value)
-  print(json.dumps(result))
+  peak_flops = _PEAK_FLOPS.value
+  if _PEAK.value:
+    measured = peak(compare_torch=_COMPARE_TORCH.value)
+    _print(measured)
+    peak_flops = measured['flops_per_sec']
+    if not (flags.FLAGS['mode'].present or flags.FLAGS['model'].present):
+      return
+  if _MODE.value == 'input':
+    config = _INPUT_CONFIG.value or mnist_inception.get_config()
+    with config.unlocked():
+      config.global_batch_size = _BATCH.value
+      if _DATASET.value:
+        config.dataset = _DATASET.value
+    _print(input_pipeline(config, _STEPS.value or 100))
+    return
+  _print(run(_MODEL.value, _MODE.value, _BATCH.value, _IMAGE_SIZE.value, _STEPS.value or 5, _DTYPE.value,
+             aux_loss_weight=_AUX_LOSS_WEIGHT.value, compare_torch=_COMPARE_TORCH.value, peak_flops=peak_flops))
 
 
 if __name__ == '__main__':

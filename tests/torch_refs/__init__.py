@@ -2,7 +2,8 @@
 
 torchvision and pytorch-fid cannot be installed beside this machine's torch, so these files
 re-type their published module structure and forward passes, keeping every module name and
-so every state_dict key. The version each follows is named at its top.
+so every state_dict key. The version each follows is named at its top. benchmark_nets.py
+holds the PyTorch twins of our own networks that `scripts.benchmark --compare_torch` times.
 """
 
 import torch
