@@ -278,7 +278,7 @@ class InceptionInput:
     ds = ds.shuffle(config.shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True).repeat().enumerate()
 
     def example(index, features):
-      crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(tf.stack([seed, index]), 2))
+      crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(tf.stack([tf.constant(seed, tf.int64), index]), 2))
       image = preprocess.random_resized_crop(
           features['image'], config.image_size, crop_seed,
           area_range=tuple(config.crop_area_range), aspect_ratio_range=tuple(config.crop_aspect_ratio_range),

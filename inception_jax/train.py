@@ -259,7 +259,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
       out_shardings=(state_sharding, parallel.replicated(mesh)),
       donate_argnums=0,
   )
-  p_eval_step = jax.jit(eval_step, in_shardings=(state_sharding, parallel.batch_sharding(mesh)))
+  p_eval_step = jax.jit(
+      eval_step, in_shardings=(state_sharding, parallel.batch_sharding(mesh)), out_shardings=parallel.replicated(mesh)
+  )
 
   checkpointer = ckpt.Checkpointer(
       os.path.join(workdir, 'checkpoints'), save_every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints
