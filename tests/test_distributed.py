@@ -1,0 +1,83 @@
+"""Two real processes on localhost, joined by jax.distributed with CPU collectives, train,
+checkpoint, resume and end where one process does."""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from inception_jax import checkpoint, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def config_for_test(num_train_steps):
+  from conftest import tiny_config
+
+  # A constant schedule after warmup: stopping at step 2 and going on to 4 follows the
+  # same learning rates as one run to 4.
+  return tiny_config(train_split='train[:2048]', eval_split='test[:256]', eval_batch_size=128, lr_schedule='constant',
+                     num_train_steps=num_train_steps, log_every_steps=1, checkpoint_every_steps=2)
+
+
+def worker(coordinator: str, process_id: int, workdir: str) -> None:
+  """One of two processes: 2 steps and a checkpoint, then a fresh start that resumes to 4."""
+  from absl import logging
+
+  from inception_jax import parallel
+
+  logging.set_verbosity(logging.INFO)
+  parallel.initialize_distributed(coordinator, 2, process_id)
+  assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 4, 2)
+  train.train_and_evaluate(config_for_test(2), workdir)
+  _, final = train.train_and_evaluate(config_for_test(4), workdir)
+  assert final['step'] == 4
+  jax.distributed.shutdown()
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_checkpoint_resume_and_match_one(tmp_path):
+  workdir = tmp_path / 'two'
+  coordinator = f'localhost:{free_port()}'
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', PYTHONPATH=str(ROOT))
+  script = 'import sys; sys.path.insert(0, "tests"); import test_distributed; test_distributed.worker({!r}, {}, {!r})'
+  workers = [
+      subprocess.Popen([sys.executable, '-c', script.format(coordinator, i, str(workdir))], cwd=ROOT, env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)
+  ]
+  outputs = [w.communicate(timeout=300)[0] for w in workers]
+  for i, (w, out) in enumerate(zip(workers, outputs)):
+    assert w.returncode == 0, f'process {i}:\n{out[-3000:]}'
+  assert 'Resumed from the checkpoint of step 2' in outputs[0] + outputs[1]
+
+  single, single_final = train.train_and_evaluate(config_for_test(4), str(tmp_path / 'one'))
+
+  # The processes' step-4 checkpoint holds the state one process reaches.
+  checkpointer = checkpoint.Checkpointer(str(workdir / 'checkpoints'), save_every_steps=2, keep=2)
+  restored, _ = checkpointer.restore(4, checkpoint.abstract_with_shardings(single, jax.tree.map(lambda x: x.sharding, single)))
+  checkpointer.close()
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(single)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+  # Process 0 alone wrote the metrics: each step's loss once, equal to one process's.
+  def losses(folder):
+    lines = [json.loads(line) for line in open(folder / 'metrics.jsonl')]
+    return [(line['step'], line['train_loss']) for line in lines if 'train_loss' in line]
+
+  two, one = losses(workdir), losses(tmp_path / 'one')
+  assert [s for s, _ in two] == [s for s, _ in one] == [1, 2, 3, 4]
+  np.testing.assert_allclose([v for _, v in two], [v for _, v in one], rtol=1e-5)
+  final = json.loads((workdir / 'final_metrics.json').read_text())
+  assert final['devices'].startswith('4 x ')
+  np.testing.assert_allclose(final['test_accuracy'], single_final['test_accuracy'], atol=1 / 256)
