@@ -72,6 +72,8 @@ def create_optimizer(config) -> optax.GradientTransformation:
 
   config.weight_decay > 0 adds weight_decay * w to the gradient of every kernel (arrays of
   rank 2 and up; not biases or BatchNorm scales), as L2 regularization does.
+  config.lr_multipliers, e.g. {'fc1': 0.1}, scales the steps of a top-level module's
+  parameters (its learning rate, for any of the three optimizers).
   """
   lr = learning_rate_schedule(config)
   if config.optimizer == 'adam':
@@ -87,7 +89,17 @@ def create_optimizer(config) -> optax.GradientTransformation:
   if weight_decay:
     kernels = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
     tx = optax.chain(optax.add_decayed_weights(weight_decay, mask=kernels), tx)
+  for module, factor in config.get('lr_multipliers', {}).items():
+    tx = optax.chain(tx, optax.masked(optax.scale(factor), functools.partial(_module_mask, module)))
   return tx
+
+
+def _module_mask(module: str, params) -> Any:
+  """True for every parameter of the top-level submodule `module` (config.lr_multipliers)."""
+  if module not in params:
+    raise ValueError(f'config.lr_multipliers names {module!r}, which is not a top-level module of the model; '
+                     f'its modules are {sorted(params)}.')
+  return {name: jax.tree.map(lambda _, keep=name == module: keep, subtree) for name, subtree in params.items()}
 
 
 def create_train_state(model, tx, image_shape, seed: int) -> TrainState:
