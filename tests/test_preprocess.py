@@ -41,3 +41,31 @@ def test_resize_and_fid_inputs_are_torchs_bilinear_interpolation():
   x = images((1, 64, 80, 3))
   expected = 2 * torch.nn.functional.interpolate(nchw(x), size=(299, 299), mode='bilinear', align_corners=False) - 1
   np.testing.assert_allclose(preprocess.fid_inputs(x), expected.numpy().transpose(0, 2, 3, 1), atol=1e-5)
+
+
+def test_random_resized_crop_is_a_seeded_crop_of_the_requested_size():
+  import tensorflow as tf
+
+  image = tf.constant(np.random.default_rng(0).integers(0, 256, (40, 30, 1)), tf.uint8)
+  crops = [preprocess.random_resized_crop(image, 17, tf.constant(seed)).numpy() for seed in ([1, 2], [1, 2], [3, 4])]
+  assert crops[0].shape == (17, 17, 1) and crops[0].dtype == np.float32
+  assert 0.0 <= crops[0].min() and crops[0].max() <= 1.0
+  np.testing.assert_array_equal(crops[0], crops[1])  # a function of the seed
+  assert not np.array_equal(crops[0], crops[2])
+  # The whole image (area and aspect ratio 1) is just resized.
+  whole = preprocess.random_resized_crop(image[:30], 15, tf.constant([5, 6]), area_range=(1.0, 1.0),
+                                         aspect_ratio_range=(1.0, 1.0))
+  expected = tf.image.resize(tf.cast(image[:30], tf.float32) / 255, (15, 15), antialias=True)
+  np.testing.assert_allclose(whole, expected, atol=1e-6)
+
+
+def test_resize_center_crop_keeps_the_middle():
+  import tensorflow as tf
+
+  # 40 x 20, shorter side to 8 / 0.5 = 16 -> 32 x 16; the central 8 x 8 is rows 12-19, columns 4-11.
+  image = np.zeros((40, 20, 3), np.uint8)
+  image[10:30, 5:15] = 255
+  out = preprocess.resize_center_crop(tf.constant(image), 8, crop_fraction=0.5).numpy()
+  resized = tf.image.resize(tf.constant(image, tf.float32) / 255, (32, 16), antialias=True).numpy()
+  assert out.shape == (8, 8, 3)
+  np.testing.assert_allclose(out, resized[12:20, 4:12], atol=1e-6)
