@@ -2,10 +2,10 @@
 
 import numpy as np
 import torch
-
-from inception_jax import preprocess
 from torch_refs import nchw
 from torch_refs import torchvision_inception as tv_inception
+
+from inception_jax import preprocess
 
 
 def images(shape=(2, 9, 7, 3), seed=0):

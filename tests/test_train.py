@@ -116,3 +116,32 @@ def test_auxiliary_losses_are_added_with_their_weight():
   _, weighted = train.train_step(state, batch, aux_loss_weight=0.3)
   np.testing.assert_allclose(plain['loss'], ce(logits), rtol=1e-6)
   np.testing.assert_allclose(weighted['loss'], ce(logits) + 0.3 * (ce(features['aux1']) + ce(features['aux2'])), rtol=1e-6)
+
+
+def test_label_smoothing_exponential_decay_and_weight_decay_of_kernels_only(make_config):
+  import jax.numpy as jnp
+
+  logits, labels = jnp.array([[2.0, 0.0, -1.0]]), jnp.array([0])
+  targets = np.array([[0.9 + 0.1 / 3, 0.1 / 3, 0.1 / 3]])
+  expected = -(targets * jax.nn.log_softmax(logits)).sum()
+  np.testing.assert_allclose(train.cross_entropy(logits, labels, 0.1)[0], expected, rtol=1e-6)
+  np.testing.assert_array_equal(train.correct_top_k(jnp.array([[3.0, 2.0, 1.0, 0.0]]), jnp.array([2]), 2), [False])
+
+  config = make_config(lr_schedule='exponential', learning_rate=1.0, warmup_steps=2)
+  with config.unlocked():
+    config.update(lr_decay_steps=10, lr_decay_rate=0.5)
+  schedule = train.learning_rate_schedule(config)
+  np.testing.assert_allclose([schedule(s) for s in (1, 2, 11, 12, 22)], [0.5, 1.0, 1.0, 0.5, 0.25])
+
+  params = {'conv': {'kernel': jnp.ones((1, 1, 2, 2)), 'bias': jnp.ones(2)}}
+  grads = jax.tree.map(jnp.zeros_like, params)
+  for optimizer in ('sgd', 'rmsprop', 'adam'):
+    config = make_config(optimizer=optimizer, lr_schedule='constant', warmup_steps=0, learning_rate=0.1)
+    with config.unlocked():
+      config.weight_decay = 0.5
+    tx = train.create_optimizer(config)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert float(jnp.abs(updates['conv']['kernel']).min()) > 0, optimizer  # decayed
+    np.testing.assert_array_equal(updates['conv']['bias'], 0)  # biases are not
+  with pytest.raises(ValueError, match="Unknown optimizer 'lamb'"):
+    train.create_optimizer(make_config(optimizer='lamb'))
