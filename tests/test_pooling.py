@@ -1,7 +1,10 @@
 """Pooling with PyTorch's semantics, window by window, against torch itself."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 import torch.nn.functional as F
 
 from inception_jax.models import pooling
@@ -39,3 +42,14 @@ def test_adaptive_avg_pool_matches_torch(size):
   x = np.random.default_rng(0).normal(size=(2, *size, 3)).astype(np.float32)
   expected = nhwc(F.adaptive_avg_pool2d(nchw(x), (4, 4)))
   np.testing.assert_allclose(pooling.adaptive_avg_pool(x, 4), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize('count_include_pad', [True, False])
+def test_avg_pool_gradient_under_jit(count_include_pad):
+  # Training Inception v3 differentiates avg_pool inside jit; the gradient of a sum of
+  # averages is each input's number of windows over their sizes.
+  x = jnp.ones((1, 4, 4, 1))
+  grad = jax.jit(jax.grad(lambda x: pooling.avg_pool(x, 3, 1, 1, count_include_pad=count_include_pad).sum()))(x)
+  ones = torch.ones(1, 1, 4, 4, requires_grad=True)
+  F.avg_pool2d(ones, 3, 1, 1, count_include_pad=count_include_pad).sum().backward()
+  np.testing.assert_allclose(grad, nhwc(ones.grad), rtol=1e-6)

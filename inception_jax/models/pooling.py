@@ -47,11 +47,11 @@ def avg_pool(x, window: int, stride: int, padding: int = 0, *, count_include_pad
   """`torch.nn.functional.avg_pool2d(x, window, stride, padding, count_include_pad=...)` on NHWC."""
   pads = _pads(x, window, stride, padding, False)
   dims, strides = (1, window, window, 1), (1, stride, stride, 1)
-  total = lax.reduce_window(x, jnp.zeros((), x.dtype), lax.add, dims, strides, pads)
+  total = lax.reduce_window(x, 0.0, lax.add, dims, strides, pads)
   if count_include_pad or padding == 0:
     return total / (window * window)
   ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
-  count = lax.reduce_window(ones, jnp.zeros((), x.dtype), lax.add, dims, strides, pads)
+  count = lax.reduce_window(ones, 0.0, lax.add, dims, strides, pads)
   return total / count
 
 
