@@ -90,7 +90,8 @@ def create_optimizer(config) -> optax.GradientTransformation:
     kernels = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
     tx = optax.chain(optax.add_decayed_weights(weight_decay, mask=kernels), tx)
   for module, factor in config.get('lr_multipliers', {}).items():
-    tx = optax.chain(tx, optax.masked(optax.scale(factor), functools.partial(_module_mask, module)))
+    if factor != 1:
+      tx = optax.chain(tx, optax.masked(optax.scale(factor), functools.partial(_module_mask, module)))
   return tx
 
 
