@@ -10,12 +10,18 @@ import jax
 import numpy as np
 import pytest
 import torch
+from absl import flags
 from model_utils import cheap_jit, variable_shapes
 from torch_refs import benchmark_nets, nchw, numpy_state_dict, randomize
 
 from inception_jax import convert, models
 from inception_jax.models import googlenet
 from scripts import benchmark
+
+# The script's flags belong to its command line; the functions tested here take arguments.
+# Dropping them lets other scripts' tests (convert_weights: --model) define their own.
+for _flag in flags.FLAGS.get_key_flags_for_module(benchmark):
+  delattr(flags.FLAGS, _flag.name)
 
 TINY_MNIST = {'widths': (4, 8), 'hidden_units': 32}
 
