@@ -141,11 +141,15 @@ def eval_batches(data: dict[str, np.ndarray], batch_size: int,
   per_process = batch_size // process_count
   local = slice(process_index * per_process, (process_index + 1) * per_process)
   for start in range(0, n, batch_size):
-    batch = {k: v[start:start + batch_size] for k, v in data.items()}
-    real = len(batch['label'])
-    batch = {k: np.concatenate([v, np.zeros((batch_size - real, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
-    batch['mask'] = (np.arange(batch_size) < real).astype(np.float32)
+    batch = _pad({k: v[start:start + batch_size] for k, v in data.items()}, batch_size)
     yield {k: v[local] for k, v in batch.items()}
+
+
+def _pad(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+  """`batch` padded with zeros to `size` examples, and a 'mask' that is 1 on the real ones."""
+  real = len(batch['label'])
+  padded = {k: np.concatenate([v, np.zeros((size - real, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+  return padded | {'mask': (np.arange(size) < real).astype(np.float32)}
 
 
 def create_input(config, process_index: int = 0, process_count: int = 1):
@@ -303,6 +307,4 @@ class InceptionInput:
     for _ in range(self._num_eval_batches):
       batch = next(batches, None) or {'image': np.zeros((0, *self.image_shape), np.float32),
                                       'label': np.zeros((0,), np.int32)}
-      real = len(batch['label'])
-      batch = {k: np.concatenate([v, np.zeros((n - real, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
-      yield batch | {'mask': (np.arange(n) < real).astype(np.float32)}
+      yield _pad(batch, n)
