@@ -43,7 +43,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments.configs import mnist_inception
-from inception_jax import analysis, data, models, parallel, train
+from inception_jax import analysis, data, host_memory, models, parallel, train
 
 _MODEL = flags.DEFINE_string('model', 'mnist_inception', 'A registered model.')
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'input'],
@@ -97,7 +97,9 @@ def host_memory_gb() -> float:
 
 
 def _devices() -> dict:
-  return {'device_kind': jax.devices()[0].device_kind, 'device_count': jax.device_count()}
+  pooled = all(os.environ.get(k) == v for k, v in host_memory.POOLED_MALLOC_ENV.items())
+  return {'device_kind': jax.devices()[0].device_kind, 'device_count': jax.device_count(),
+          'host_malloc': 'pooled' if pooled else 'glibc default'}
 
 
 def _torch():
@@ -294,6 +296,7 @@ def _print(result: dict) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  host_memory.pool_host_memory()  # for both frameworks: they share this process
   peak_flops = _PEAK_FLOPS.value
   if _PEAK.value:
     measured = peak(compare_torch=_COMPARE_TORCH.value)
