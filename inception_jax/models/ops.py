@@ -11,7 +11,8 @@ gradient 12x its forward), so there:
   and padding, not a convolution);
 - the 3x3 stride-1 max pool is the maximum of 9 shifted views, with a gradient that
   routes each output's cotangent to the first maximal element of its window in row-major
-  order, exactly what XLA's select-and-scatter does (ties included).
+  order, exactly what XLA's select-and-scatter does (ties included); the forward pass
+  keeps that element's offset (int8), so the backward pass is one elementwise loop.
 
 Both compute the same function with the same parameters; `impl` forces one ('xla' or
 'matmul') and tests check they agree, values and gradients.
@@ -69,31 +70,34 @@ def _shifted_views(x):
   return [xp[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)]
 
 
+def _max_and_argmax(x):
+  """The window maxima, and which of the 9 row-major offsets first holds each (int8)."""
+  views = _shifted_views(x)
+  y, first = views[0], jnp.zeros(x.shape, jnp.int8)
+  for k, view in enumerate(views[1:], start=1):
+    first = jnp.where(view > y, jnp.int8(k), first)  # strictly greater: ties keep the earlier one
+    y = jnp.maximum(y, view)
+  return y, first
+
+
 @jax.custom_vjp
 def _max_pool_3x3_views(x):
-  views = _shifted_views(x)
-  y = views[0]
-  for view in views[1:]:
-    y = jnp.maximum(y, view)
-  return y
+  return _max_and_argmax(x)[0]
 
 
-def _max_pool_fwd(x):
-  y = _max_pool_3x3_views(x)
-  return y, (x, y)
-
-
-def _max_pool_bwd(residuals, g):
-  x, y = residuals
-  h, w = x.shape[1:3]
-  taken = jnp.zeros(y.shape, bool)
-  grad = jnp.zeros((x.shape[0], h + 2, w + 2, x.shape[3]), g.dtype)
-  for k, view in enumerate(_shifted_views(x)):
+def _max_pool_bwd(first, g):
+  # Input pixel p sits at offset k = (i, j) of the window centred at p + (1 - i, 1 - j): it
+  # takes that window's cotangent if it is the window's first maximum. One pass over 9
+  # shifted views of the cotangent and of `first` (XLA fuses it into one loop).
+  h, w = g.shape[1:3]
+  pad = ((0, 0), (1, 1), (1, 1), (0, 0))
+  gp, fp = jnp.pad(g, pad), jnp.pad(first, pad, constant_values=-1)
+  grad = jnp.zeros_like(g)
+  for k in range(9):
     i, j = divmod(k, 3)
-    first = (view == y) & ~taken
-    taken = taken | first
-    grad = grad + jnp.pad(jnp.where(first, g, 0), ((0, 0), (i, 2 - i), (j, 2 - j), (0, 0)))
-  return (grad[:, 1:h + 1, 1:w + 1, :],)
+    window = (slice(None), slice(2 - i, 2 - i + h), slice(2 - j, 2 - j + w))
+    grad = grad + jnp.where(fp[window] == k, gp[window], 0)
+  return (grad,)
 
 
-_max_pool_3x3_views.defvjp(_max_pool_fwd, _max_pool_bwd)
+_max_pool_3x3_views.defvjp(_max_and_argmax, _max_pool_bwd)  # residual: the int8 argmax
