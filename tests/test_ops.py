@@ -11,7 +11,8 @@ from inception_jax.models import ops
 @pytest.mark.parametrize(
     'kernel, padding, strides',
     [((1, 1), 'SAME', (1, 1)), ((3, 3), 'SAME', (1, 1)), ((5, 5), 'SAME', (1, 1)), ((1, 7), 'SAME', (1, 1)),
-     ((2, 2), 'SAME', (1, 1)), ((3, 3), 'VALID', (1, 1)), ((7, 7), ((3, 3), (3, 3)), (1, 1)), ((3, 3), 'VALID', (2, 2))],
+     ((2, 2), 'SAME', (1, 1)), ((3, 3), 'VALID', (1, 1)), ((7, 7), ((3, 3), (3, 3)), (1, 1)), ((3, 3), 'VALID', (2, 2)),
+     ((7, 7), ((3, 3), (3, 3)), (2, 2)), ((3, 3), 'SAME', (2, 2)), ((1, 1), 'SAME', (2, 2)), ((3, 1), 'VALID', (1, 2))],
 )
 def test_conv2d_formulations_agree_with_gradients(kernel, padding, strides):
   kx, kk, kg = jax.random.split(jax.random.PRNGKey(0), 3)
@@ -30,17 +31,27 @@ def test_conv2d_formulations_agree_with_gradients(kernel, padding, strides):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_max_pool_gradient_matches_xla_with_ties():
+@pytest.mark.parametrize(
+    'window, stride, pads, size',
+    [(3, 1, ((1, 1), (1, 1)), (8, 7)),  # the Inception block's pool tower
+     (3, 2, ((1, 1), (1, 1)), (9, 8)),  # GoogLeNet (paper layout)
+     (3, 2, ((0, 1), (0, 0)), (8, 7)),  # torch's ceil mode: the last window overhangs
+     (2, 2, ((0, 1), (0, 1)), (7, 7)),  # torchvision GoogLeNet's maxpool4
+     (3, 2, ((0, 0), (0, 0)), (9, 10)),  # Inception v3/v4 reductions
+     (3, 3, ((0, 0), (0, 0)), (9, 9))],  # no overlap
+)
+def test_max_pool_gradient_matches_xla_with_ties(window, stride, pads, size):
   # After a ReLU most inputs are 0: ties everywhere. XLA's select-and-scatter gives each
   # window's cotangent to its first maximal element; ours must do the same, bit for bit.
-  x = jax.nn.relu(jax.random.normal(jax.random.PRNGKey(0), (2, 8, 7, 3)) - 0.3)
+  x = jax.nn.relu(jax.random.normal(jax.random.PRNGKey(0), (2, *size, 3)) - 0.3)
   x = x.at[0, 2:5, 2:5, 0].set(1.0)  # a plateau of equal maxima
-  # Small integer cotangents: sums are exact whatever order the windows add them in.
-  g = jax.random.randint(jax.random.PRNGKey(1), x.shape, -3, 4).astype(jnp.float32)
   results = {}
   for impl in ('xla', 'matmul'):
-    f = lambda x: ops.max_pool_3x3_same(x, impl=impl)
-    results[impl] = jax.jit(f)(x), jax.jit(jax.grad(lambda x: jnp.sum(f(x) * g)))(x)
+    f = lambda x: ops.max_pool(x, window, stride, pads, impl=impl)
+    y = jax.jit(f)(x)
+    # Small integer cotangents: sums are exact whatever order the windows add them in.
+    g = jax.random.randint(jax.random.PRNGKey(1), y.shape, -3, 4).astype(jnp.float32)
+    results[impl] = y, jax.jit(jax.grad(lambda x: jnp.sum(f(x) * g)))(x)
   np.testing.assert_array_equal(results['matmul'][0], results['xla'][0])
   np.testing.assert_array_equal(results['matmul'][1], results['xla'][1])
 

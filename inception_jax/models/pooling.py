@@ -3,7 +3,8 @@
 Where Flax's `nn.max_pool` / `nn.avg_pool` and PyTorch's pools differ:
 - `ceil_mode=True` (torchvision's GoogLeNet): the output size rounds up, and the last
   window may hang over the input's end; torch drops a window that would start in the
-  padding. Max pools pad with -inf, so the overhang never wins.
+  padding. Max pools pad with -inf, so the overhang never wins (`ops.max_pool`, whose
+  gradient on CPU is ours, not XLA's select-and-scatter).
 - `count_include_pad`: torch's default (True, torchvision's Inception v3) divides every
   window by its full area, padding included; False (pytorch-fid, TensorFlow) divides by
   the number of input pixels in the window.
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 from jax import lax
+
+from inception_jax.models import ops
 
 
 def _pool_size(size: int, window: int, stride: int, padding: int, ceil_mode: bool) -> int:
@@ -39,8 +42,7 @@ def _pads(x, window: int, stride: int, padding: int, ceil_mode: bool):
 
 def max_pool(x, window: int, stride: int, padding: int = 0, *, ceil_mode: bool = False):
   """`torch.nn.MaxPool2d(window, stride, padding, ceil_mode=...)` on NHWC."""
-  pads = _pads(x, window, stride, padding, ceil_mode)
-  return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), pads)
+  return ops.max_pool(x, window, stride, _pads(x, window, stride, padding, ceil_mode)[1:3])
 
 
 def avg_pool(x, window: int, stride: int, padding: int = 0, *, count_include_pad: bool = True):
