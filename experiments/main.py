@@ -8,7 +8,7 @@ filesystem and --coordinator_address=HOST:PORT (process 0's) --num_processes=N
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from inception_jax import host_memory, parallel, train
+from inception_jax import parallel, train
 
 
 def run(default_config: str, default_workdir: str) -> None:
@@ -24,7 +24,6 @@ def run(default_config: str, default_workdir: str) -> None:
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-    host_memory.pool_host_memory()  # restarts this process once, before any work
     logging.set_verbosity(logging.INFO)
     parallel.initialize_distributed(coordinator.value, num_processes.value, process_id.value, auto=auto.value)
     train.train_and_evaluate(config.value, workdir.value)

@@ -16,6 +16,9 @@ from the steps. Multiply-adds per image come from `inception_jax.analysis`; achi
 counts 2 FLOPs per multiply-add, and 3x the forward for a training step (forward, input
 gradient, weight gradient).
 
+glibc's malloc settings in the environment (MALLOC_ARENA_MAX, ...; README, "Performance")
+apply to both frameworks alike; the JSON lines report them as malloc_settings.
+
 --compare_torch times the same network in PyTorch eager (tests/torch_refs/benchmark_nets.py:
 same structure and parameter count, checked; Adam for training, eval mode and
 `torch.inference_mode` for evaluation) in the same process, alternating one JAX and one
@@ -43,7 +46,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments.configs import mnist_inception
-from inception_jax import analysis, data, host_memory, models, parallel, train
+from inception_jax import analysis, data, models, parallel, train
 
 _MODEL = flags.DEFINE_string('model', 'mnist_inception', 'A registered model.')
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'input'],
@@ -61,6 +64,9 @@ _INPUT_CONFIG = config_flags.DEFINE_config_file(
     "experiments/configs/mnist_inception.py's.")
 _DATASET = flags.DEFINE_string('dataset', None, "--mode=input: the TFDS dataset, replacing the config's.")
 _JSON = flags.DEFINE_bool('json', True, 'Print JSON lines (else one "key: value" per line).')
+
+# glibc reads these when the process starts; they change how both frameworks' buffers are allocated.
+MALLOC_SETTINGS = ('MALLOC_ARENA_MAX', 'MALLOC_MMAP_MAX_', 'MALLOC_TRIM_THRESHOLD_', 'MALLOC_MMAP_THRESHOLD_', 'GLIBC_TUNABLES')
 
 TORCH_MISSING = 'needs torch (the test extra: pip install -e ".[test]")'
 
@@ -97,9 +103,8 @@ def host_memory_gb() -> float:
 
 
 def _devices() -> dict:
-  pooled = all(os.environ.get(k) == v for k, v in host_memory.POOLED_MALLOC_ENV.items())
-  return {'device_kind': jax.devices()[0].device_kind, 'device_count': jax.device_count(),
-          'host_malloc': 'pooled' if pooled else 'glibc default'}
+  malloc = {k: os.environ[k] for k in MALLOC_SETTINGS if k in os.environ}
+  return {'device_kind': jax.devices()[0].device_kind, 'device_count': jax.device_count(), 'malloc_settings': malloc}
 
 
 def _torch():
@@ -296,7 +301,6 @@ def _print(result: dict) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  host_memory.pool_host_memory()  # for both frameworks: they share this process
   peak_flops = _PEAK_FLOPS.value
   if _PEAK.value:
     measured = peak(compare_torch=_COMPARE_TORCH.value)

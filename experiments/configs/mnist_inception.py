@@ -2,10 +2,10 @@
 
 Variants, selected as `--config=experiments/configs/mnist_inception.py:VARIANT`:
 
-- default (no variant): our recipe, sized to finish in 15 minutes on a small CPU machine.
+- default (no variant): our recipe, sized to finish within 15 minutes on a small CPU machine.
     python -m experiments.mnist_inception --workdir=/tmp/mnist_inception
-  Measured on 2 CPU cores (Xeon, no GPU), data preparation and compilation included:
-  14 min 22 s, 98.52% test accuracy (README's results table).
+  Measured on 2 CPU cores (AMD EPYC, no GPU), data preparation and compilation included:
+  11 min 40 s, 98.52% test accuracy, 7.8 GB peak memory (README's results table).
 
 - `paper`: seed 000's exact recipe: batch 50, Adam at a constant 1e-4, 20,000 steps,
   dropout 0.5, no schedule.

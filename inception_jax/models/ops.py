@@ -87,13 +87,15 @@ def _max_pool_views(x, window: int, stride: int, pads):
   padded = (x.shape[1] + top + bottom, x.shape[2] + left + right)
   out_shape = ((padded[0] - window) // stride + 1, (padded[1] - window) // stride + 1)
 
+  offset_dtype = jnp.int8 if window * window < 128 else jnp.int32
+
   def max_and_first(x):
-    """The window maxima, and which window offset (row-major) first holds each (int8)."""
+    """The window maxima, and which window offset (row-major) first holds each."""
     views = _views(jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf), (window, window), (stride, stride),
                    out_shape)
-    y, first = views[0], jnp.zeros(views[0].shape, jnp.int8)
+    y, first = views[0], jnp.zeros(views[0].shape, offset_dtype)
     for k, view in enumerate(views[1:], start=1):
-      first = jnp.where(view > y, jnp.int8(k), first)  # strictly greater: ties keep the earlier one
+      first = jnp.where(view > y, jnp.asarray(k, offset_dtype), first)  # strictly greater: ties keep the earlier one
       y = jnp.maximum(y, view)
     return y, first
 
@@ -124,5 +126,5 @@ def _max_pool_views(x, window: int, stride: int, pads):
     return (grad[:, top:top + x.shape[1], left:left + x.shape[2], :],)
 
   pool = jax.custom_vjp(lambda x: max_and_first(x)[0])
-  pool.defvjp(max_and_first, backward)  # residual: the int8 offsets
+  pool.defvjp(max_and_first, backward)  # residual: the offsets, int8 for windows up to 11x11
   return pool(x)
