@@ -59,3 +59,5 @@ def test_max_pool_gradient_matches_xla_with_ties(window, stride, pads, size):
 def test_unknown_impl_is_rejected():
   with pytest.raises(ValueError, match="'xla' or 'matmul'"):
     ops.conv2d(jnp.zeros((1, 4, 4, 1)), jnp.zeros((1, 1, 1, 1)), impl='cudnn')
+  with pytest.raises(ValueError, match="max_pool impl must be 'xla' or 'matmul'"):
+    ops.max_pool(jnp.zeros((1, 4, 4, 1)), 3, 1, ((1, 1), (1, 1)), impl='cudnn')

@@ -30,17 +30,19 @@ from jax import lax
 _DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
 
 
-def _default_impl() -> str:
-  return 'matmul' if jax.default_backend() == 'cpu' else 'xla'
+def _impl(impl: str | None, op: str) -> str:
+  """`impl`, or the backend's default: 'matmul' on CPU, 'xla' elsewhere."""
+  if impl is None:
+    return 'matmul' if jax.default_backend() == 'cpu' else 'xla'
+  if impl not in ('xla', 'matmul'):
+    raise ValueError(f"{op} impl must be 'xla' or 'matmul', got {impl!r}.")
+  return impl
 
 
 def conv2d(x, kernel, strides: Sequence[int] = (1, 1), padding='SAME', *, impl: str | None = None):
   """NHWC x HWIO -> NHWC convolution; `padding` is 'SAME', 'VALID' or ((lo, hi), (lo, hi))."""
-  impl = impl or _default_impl()
-  if impl not in ('xla', 'matmul'):
-    raise ValueError(f"conv2d impl must be 'xla' or 'matmul', got {impl!r}.")
   strides = tuple(strides)
-  if impl == 'xla':
+  if _impl(impl, 'conv2d') == 'xla':
     return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DIMENSION_NUMBERS)
 
   kh, kw, cin, cout = kernel.shape
@@ -61,7 +63,7 @@ def conv2d(x, kernel, strides: Sequence[int] = (1, 1), padding='SAME', *, impl: 
 def max_pool(x, window: int, stride: int, pads: Sequence[tuple[int, int]], *, impl: str | None = None):
   """`window` x `window` max pool with stride `stride` over NHWC; `pads` ((top, bottom),
   (left, right)) are filled with -inf, so they never win."""
-  if (impl or _default_impl()) == 'xla':
+  if _impl(impl, 'max_pool') == 'xla':
     pads = ((0, 0), *pads, (0, 0))
     return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), pads)
   (top, bottom), (left, right) = pads
