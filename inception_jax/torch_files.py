@@ -13,14 +13,18 @@ safetensors files:
 - safetensors: an 8-byte header length, a JSON header of {name: dtype, shape,
   data_offsets}, then the bytes.
 
-The unpickler resolves only the few globals a state_dict needs (OrderedDict, torch's
-tensor-rebuild functions and storage types), so loading a file never runs its code.
+Nothing in a file runs code: a file must start as one of these formats does before
+anything in it is unpickled, and every pickle in it goes through an unpickler that
+resolves only the few globals a state_dict needs (OrderedDict, torch's tensor-rebuild
+functions and storage types; none for the legacy format's header). Whatever is wrong
+with a file is a `WeightFileError` (a ValueError) of one line.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import math
 import os
 import pickle
 import struct
@@ -57,6 +61,13 @@ _SAFETENSORS_DTYPES = {
 }
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+# torch.save's legacy format opens with the magic number pickled at protocol 2.
+_LEGACY_HEADER = pickle.dumps(_LEGACY_MAGIC, protocol=2)
+_ZIP_HEADER = b'PK\x03\x04'
+
+
+class WeightFileError(ValueError):
+  """A weight file that is not a plain PyTorch state_dict or safetensors file, or is damaged."""
 
 
 class _StorageType:
@@ -66,6 +77,12 @@ class _StorageType:
 
 def _rebuild_tensor(storage, offset, size, stride, *unused):
   itemsize = storage.dtype.itemsize
+  size, stride, offset = tuple(map(int, size)), tuple(map(int, stride)), int(offset)
+  # as_strided trusts its arguments: keep every element inside the storage.
+  last = offset + sum((n - 1) * s for n, s in zip(size, stride) if n > 0)
+  if len(size) != len(stride) or min(size + stride + (offset,), default=0) < 0 or (
+      math.prod(size) and last >= storage.size) or offset > storage.size:
+    raise WeightFileError(f'a tensor of size {size}, stride {stride} at offset {offset} lies outside its storage')
   if not size:
     return storage[offset : offset + 1].reshape(()).copy()
   view = np.lib.stride_tricks.as_strided(storage[offset:], tuple(size), tuple(s * itemsize for s in stride))
@@ -114,15 +131,32 @@ class _Unpickler(pickle.Unpickler):
     return self._load_storage(*saved_id[1:])
 
 
+class _PlainUnpickler(pickle.Unpickler):
+  """For the legacy format's header: plain data only (numbers, strings, lists, dicts)."""
+
+  def find_class(self, module, name):
+    raise pickle.UnpicklingError(f'{module}.{name} where plain data was expected')
+
+  def persistent_load(self, saved_id):
+    raise pickle.UnpicklingError('a persistent id where plain data was expected')
+
+
+def _load_plain(f, what: str, expected_type: type) -> Any:
+  value = _PlainUnpickler(f).load()
+  if not isinstance(value, expected_type):
+    raise WeightFileError(f'its {what} is a {type(value).__name__}, not a {expected_type.__name__}')
+  return value
+
+
 def _read_zip(path) -> Any:
   with zipfile.ZipFile(path) as archive:
     names = archive.namelist()
     pickle_name = next((n for n in names if n.endswith('data.pkl')), None)
     if pickle_name is None:
-      raise ValueError(f'{path} is a zip file but not a PyTorch checkpoint (no data.pkl inside).')
+      raise WeightFileError('it is a zip file but not a PyTorch checkpoint (no data.pkl inside)')
     prefix = pickle_name[: -len('data.pkl')]
     if f'{prefix}byteorder' in names and archive.read(f'{prefix}byteorder').decode().strip() != 'little':
-      raise ValueError(f'{path} was saved on a big-endian machine, which is not supported.')
+      raise WeightFileError('it was saved on a big-endian machine, which is not supported')
     storages = {}
 
     def load_storage(storage_type, key, location, numel):
@@ -136,12 +170,11 @@ def _read_zip(path) -> Any:
 
 def _read_legacy(path) -> Any:
   with open(path, 'rb') as f:
-    if pickle.load(f) != _LEGACY_MAGIC:
-      raise ValueError(f'{path} is neither a zip nor a legacy PyTorch file (wrong magic number).')
-    pickle.load(f)  # protocol version
-    sys_info = pickle.load(f)
+    f.seek(len(_LEGACY_HEADER))  # the magic number, checked by load_state_dict
+    _load_plain(f, 'protocol version', int)
+    sys_info = _load_plain(f, 'system info', dict)
     if not sys_info.get('little_endian', True):
-      raise ValueError(f'{path} was saved on a big-endian machine, which is not supported.')
+      raise WeightFileError('it was saved on a big-endian machine, which is not supported')
     roots: dict[str, tuple[np.dtype, int]] = {}
     # Storages are read after the pickle; hand out placeholders, fill them in afterwards.
     placeholders: dict[str, np.ndarray] = {}
@@ -164,13 +197,35 @@ def _read_legacy(path) -> Any:
       return cell
 
     result = _Unpickler(f, load_storage, deferred_rebuild).load()
-    for key in pickle.load(f):
+    keys = _load_plain(f, 'list of storage keys', list)
+    if sorted(map(str, keys)) != sorted(roots):
+      raise WeightFileError('its list of storage keys does not match the tensors it holds')
+    for key in keys:
       dtype, numel = roots[key]
-      count = struct.unpack('<q', f.read(8))[0]
-      data = np.frombuffer(f.read(count * dtype.itemsize), dtype=dtype)
-      placeholders[key][:] = data[:numel]
+      (count,) = struct.unpack('<q', _read_exactly(f, 8))
+      if count < numel:
+        raise WeightFileError(f'storage {key} holds {count} elements where {numel} are needed')
+      placeholders[key][:] = np.frombuffer(_read_exactly(f, numel * dtype.itemsize), dtype=dtype)
+      f.seek((count - numel) * dtype.itemsize, os.SEEK_CUR)
   tensors = {id(cell): _rebuild_tensor(*cell) for cell in pending}
   return _replace_cells(result, tensors)
+
+
+def _read_exactly(f, size: int) -> bytes:
+  data = f.read(size)
+  if len(data) != size:
+    raise WeightFileError('it ends early (truncated?)')
+  return data
+
+
+def _read_torch(path, reader) -> Any:
+  try:
+    return reader(path)
+  except WeightFileError as e:
+    raise WeightFileError(f'{path} is not a readable PyTorch state_dict: {e}.') from None
+  except (pickle.UnpicklingError, EOFError, OverflowError, ValueError, TypeError, KeyError, IndexError,
+          AttributeError, struct.error, zipfile.BadZipFile, UnicodeDecodeError, MemoryError) as e:
+    raise WeightFileError(f'{path} is not a readable PyTorch state_dict: {type(e).__name__}: {e}'.rstrip('.') + '.') from None
 
 
 def _replace_cells(obj, tensors):
@@ -184,17 +239,36 @@ def _replace_cells(obj, tensors):
 
 
 def read_safetensors(path) -> dict[str, np.ndarray]:
+  """{name: array} from a safetensors file; raises WeightFileError if it is not one."""
+  try:
+    return _read_safetensors(path)
+  except WeightFileError as e:
+    raise WeightFileError(f'{path} is not a readable safetensors file: {e}.') from None
+  except (ValueError, KeyError, TypeError, struct.error) as e:
+    raise WeightFileError(f'{path} is not a readable safetensors file: {type(e).__name__}: {e}.') from None
+
+
+def _read_safetensors(path) -> dict[str, np.ndarray]:
   with open(path, 'rb') as f:
-    (length,) = struct.unpack('<Q', f.read(8))
-    header = json.loads(f.read(length))
+    (length,) = struct.unpack('<Q', _read_exactly(f, 8))
+    if length > os.path.getsize(path) - 8:
+      raise WeightFileError(f'its header length {length} runs past the end of the file')
+    header = json.loads(_read_exactly(f, length))
     data = f.read()
+  if not isinstance(header, dict):
+    raise WeightFileError('its header is not a JSON object')
   out = {}
   for name, info in header.items():
     if name == '__metadata__':
       continue
-    begin, end = info['data_offsets']
+    if info['dtype'] not in _SAFETENSORS_DTYPES:
+      raise WeightFileError(f'{name} has dtype {info["dtype"]!r}; readable: {", ".join(_SAFETENSORS_DTYPES)}')
     dtype = np.dtype(_SAFETENSORS_DTYPES[info['dtype']])
-    out[name] = np.frombuffer(data[begin:end], dtype=dtype).reshape(info['shape']).copy()
+    begin, end = (int(x) for x in info['data_offsets'])
+    shape = tuple(int(x) for x in info['shape'])
+    if not 0 <= begin <= end <= len(data) or end - begin != math.prod(shape) * dtype.itemsize:
+      raise WeightFileError(f'{name}: its byte range [{begin}, {end}) does not hold a {info["dtype"]} array of shape {shape}')
+    out[name] = np.frombuffer(data[begin:end], dtype=dtype).reshape(shape).copy()
   return out
 
 
@@ -220,20 +294,31 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Reads a PyTorch state_dict (.pth/.pt/.bin, zip or legacy format) or a .safetensors file.
 
   A checkpoint that wraps the state_dict ({'state_dict': ...}, {'model': ...}) is unwrapped,
-  and a DataParallel 'module.' prefix on every key is dropped.
+  and a DataParallel 'module.' prefix on every key is dropped. A file that is none of
+  these formats, or a damaged one, raises WeightFileError before anything else is read.
   """
   path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise WeightFileError(f'{path}: no such file.')
   if path.endswith('.safetensors'):
     state = read_safetensors(path)
-  elif zipfile.is_zipfile(path):
-    state = _read_zip(path)
   else:
-    state = _read_legacy(path)
+    with open(path, 'rb') as f:
+      head = f.read(len(_LEGACY_HEADER))
+    if head.startswith(_ZIP_HEADER):
+      state = _read_torch(path, _read_zip)
+    elif head == _LEGACY_HEADER:
+      state = _read_torch(path, _read_legacy)
+    else:
+      raise WeightFileError(
+          f'{path} is not a PyTorch weight file (neither torch.save format starts this way) nor a .safetensors '
+          'file; nothing in it was read. Save the weights with torch.save(model.state_dict(), path), or as safetensors.'
+      )
   for wrapper in ('state_dict', 'model', 'model_state_dict'):
     if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
       state = state[wrapper]
   if not isinstance(state, Mapping):
-    raise ValueError(f'{path} holds a {type(state).__name__}, not a state_dict.')
+    raise WeightFileError(f'{path} holds a {type(state).__name__}, not a state_dict.')
   state = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
   if state and all(k.startswith('module.') for k in state):
     state = {k.removeprefix('module.'): v for k, v in state.items()}

@@ -32,6 +32,11 @@ def main(argv):
     raise app.UsageError(f'{dst} exists; give a new destination.')
   sources = convert.WEIGHT_SOURCES.get(_MODEL.value, {})
   source = _SOURCE.value or next(iter(sources), None)
+  if source not in sources:  # checked before the file is read
+    problem = (f'model {_MODEL.value!r} converts weights from {", ".join(sources)}, not {source!r}' if sources else
+               f'no weight conversion for model {_MODEL.value!r}; convertible: {", ".join(sorted(convert.WEIGHT_SOURCES))}')
+    print(f'error: {problem}.', file=sys.stderr)
+    return 1
   try:
     state_dict = torch_files.load_state_dict(src)
     model, variables, missing, unexpected = convert.convert_state_dict(_MODEL.value, state_dict, source=source)

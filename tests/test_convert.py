@@ -1,7 +1,9 @@
 """Reading PyTorch weight files without PyTorch, the convert_weights script, load_pretrained."""
 
 import collections
+import io
 import os
+import pickle
 import subprocess
 import sys
 
@@ -57,10 +59,82 @@ def test_unwraps_checkpoints_and_reads_safetensors(tmp_path):
     assert loaded[key].dtype == value.dtype
 
 
-def test_refuses_to_run_code_from_a_pickle(tmp_path):
+class Hostile:
+  """Unpickling this runs a shell command that creates the file `marker`."""
+
+  def __init__(self, marker):
+    self.marker = str(marker)
+
+  def __reduce__(self):
+    return os.system, (f'touch {self.marker}',)
+
+
+def hostile_files(tmp_path, marker):
+  """Every form a weight file with code in it can take, by name."""
+  evil = pickle.dumps(Hostile(marker), protocol=2)
+  empty_legacy = io.BytesIO()
+  torch.save({}, empty_legacy, _use_new_zipfile_serialization=False)
+  legacy = empty_legacy.getvalue()
+  magic = pickle.dumps(torch_files._LEGACY_MAGIC, protocol=2)
+  protocol = pickle.dumps(1001, protocol=2)
+  assert legacy.startswith(magic + protocol) and legacy.endswith(pickle.dumps([], protocol=2))
+  forms = {
+      'bare_pickle.pth': evil,
+      'legacy_magic.pth': evil + legacy,
+      'legacy_protocol.pth': magic + evil + legacy[len(magic) + len(protocol):],
+      'legacy_system_info.pth': magic + protocol + evil + pickle.dumps({}, protocol=2) + pickle.dumps([], protocol=2),
+      'legacy_state_dict.pth': legacy[: -2 * len(pickle.dumps([], protocol=2))] + evil + pickle.dumps([], protocol=2),
+      'legacy_storage_keys.pth': legacy[: -len(pickle.dumps([], protocol=2))] + evil,
+  }
+  for name, content in forms.items():
+    (tmp_path / name).write_bytes(content)
+  torch.save({'x': Hostile(marker)}, tmp_path / 'zip_state_dict.pth')
+  return sorted(forms) + ['zip_state_dict.pth']
+
+
+def test_no_weight_file_can_run_code(tmp_path):
+  marker = tmp_path / 'code_ran'
+  names = hostile_files(tmp_path, marker)
+  for name in names:
+    with pytest.raises(torch_files.WeightFileError) as error:
+      torch_files.load_state_dict(tmp_path / name)
+    message = str(error.value)
+    assert name in message and '\n' not in message, message
+    assert not marker.exists(), f'{name} ran its code'
+  # The same files through the script: one line on stderr, exit status 1, no traceback.
+  for name in ('bare_pickle.pth', 'legacy_system_info.pth', 'zip_state_dict.pth'):
+    run = subprocess.run([sys.executable, '-m', 'scripts.convert_weights', '--model=inception_v3_fid',
+                          tmp_path / name, tmp_path / 'out'], capture_output=True, text=True)
+    assert run.returncode == 1 and run.stderr.count('\n') == 1 and run.stderr.startswith('error: '), run.stderr
+  assert not marker.exists()
+
+
+def test_damaged_or_foreign_files_are_refused_in_one_line(tmp_path):
+  torch.save(awkward_state_dict(), tmp_path / 'zip.pth')
+  torch.save(awkward_state_dict(), tmp_path / 'legacy.pth', _use_new_zipfile_serialization=False)
+  torch_files.write_safetensors(tmp_path / 'good.safetensors', {'a': np.ones(3, np.float32)})
+  files = {
+      'empty.pth': b'',
+      'garbage.pth': os.urandom(1000),
+      'truncated_zip.pth': (tmp_path / 'zip.pth').read_bytes()[:700],
+      'truncated_legacy.pth': (tmp_path / 'legacy.pth').read_bytes()[:-20],
+      'truncated.safetensors': (tmp_path / 'good.safetensors').read_bytes()[:-4],
+      'garbage.safetensors': os.urandom(100),
+  }
+  for name, content in files.items():
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(torch_files.WeightFileError, match=name) as error:
+      torch_files.load_state_dict(tmp_path / name)
+    assert '\n' not in str(error.value)
+  # A pickle that is not a state_dict: refused, and the globals it names are not imported.
   torch.save({'x': collections.Counter()}, tmp_path / 'odd.pth')
-  with pytest.raises(Exception, match='collections.Counter is not part of a plain state_dict'):
+  with pytest.raises(torch_files.WeightFileError, match='collections.Counter is not part of a plain state_dict'):
     torch_files.load_state_dict(tmp_path / 'odd.pth')
+  # A tensor whose strides or offset reach outside its storage (as_strided would read other memory).
+  storage = np.zeros(4, np.float32)
+  for offset, size, stride in ((0, (4,), (400,)), (3, (2,), (1,)), (-1, (1,), (1,)), (0, (2, 2), (2,))):
+    with pytest.raises(torch_files.WeightFileError, match='outside its storage'):
+      torch_files._rebuild_tensor(storage, offset, size, stride)
 
 
 def test_reading_needs_no_torch(tmp_path):
