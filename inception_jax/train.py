@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +26,7 @@ from clu import metric_writers
 
 from inception_jax import checkpoint as ckpt
 from inception_jax import data as data_lib
-from inception_jax import models, parallel
+from inception_jax import interrupts, models, parallel
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -158,6 +159,10 @@ def train_step(
     return loss, (logits, updates.get('batch_stats', {}))
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  # A jitted step cannot raise: labels outside [0, classes) make the loss NaN (never a wrong
+  # finite number) and are counted, so the loop stops and says why.
+  labels_out_of_range = jnp.sum((batch['label'] < 0) | (batch['label'] >= logits.shape[-1]))
+  loss = jnp.where(labels_out_of_range == 0, loss, jnp.nan)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   state = state.replace(
       step=state.step + 1,
@@ -169,6 +174,7 @@ def train_step(
       'loss': loss,
       'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
       'top5_accuracy': jnp.mean(correct_top_k(logits, batch['label'], 5)),
+      'labels_out_of_range': labels_out_of_range,
   }
 
 
@@ -187,7 +193,15 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.A
 class JsonlWriter(metric_writers.interface.MetricWriter):
   """Scalars as one JSON object per line, for scripts and plots."""
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, start_step: int = 0):
+    """Appends to `path`, first dropping the lines of steps after `start_step`: a resumed run
+    logs those steps again."""
+    if os.path.exists(path):
+      with open(path) as f:
+        lines = [line for line in f if _logged_step(line) <= start_step]
+      with open(path + '.tmp', 'w') as f:
+        f.writelines(lines)
+      os.replace(path + '.tmp', path)
     self._file = open(path, 'a')
 
   def write_scalars(self, step, scalars):
@@ -210,13 +224,20 @@ class JsonlWriter(metric_writers.interface.MetricWriter):
     self._file.close()
 
 
-def create_writer(workdir: str) -> metric_writers.MetricWriter:
+def _logged_step(line: str) -> float:
+  try:
+    return json.loads(line)['step']
+  except (ValueError, KeyError, TypeError):  # a line cut short by a kill
+    return float('inf')
+
+
+def create_writer(workdir: str, start_step: int = 0) -> metric_writers.MetricWriter:
   """TensorBoard events and metrics.jsonl in `workdir` (process 0), logging everywhere."""
   if jax.process_index() > 0:
     return metric_writers.LoggingWriter()
   return metric_writers.MultiWriter([
       metric_writers.create_default_writer(workdir, asynchronous=False),
-      JsonlWriter(os.path.join(workdir, 'metrics.jsonl')),
+      JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), start_step),
   ])
 
 
@@ -235,6 +256,97 @@ def _check_config(config) -> None:
   for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
     if config[field] <= 0:
       raise ValueError(f'{field} must be positive, got {config[field]}.')
+
+
+def _train(config, state, step, train_seconds, resumed_from, p_train_step, run_eval, inputs, mesh, schedule,
+           checkpointer, writer):
+  """The training loop from `step`: logs, evaluates and checkpoints; stops on a signal after saving.
+
+  Returns (state, step, train_seconds) at config.num_train_steps. Raises StopRequested after
+  a SIGTERM or SIGINT (the step reached is saved), FloatingPointError on a non-finite loss
+  (naming the newest checkpoint whose weights still gave a finite loss).
+  """
+  pending: list[dict[str, jax.Array]] = []  # metrics of steps not yet logged, still on device
+  window_start, window_step = time.perf_counter(), step
+
+  def flush_metrics(step: int) -> None:
+    nonlocal window_start, window_step
+    if not pending:
+      return
+    per_step = jax.device_get(pending)
+    pending.clear()
+    first = step - len(per_step) + 1
+    for i, metrics in enumerate(per_step):
+      if metrics['labels_out_of_range']:
+        raise ValueError(f'The batch of step {first + i} has labels outside [0, {inputs.num_classes}): fix the dataset '
+                         f'or the model\'s num_classes.')
+      if not np.isfinite(metrics['loss']):
+        _diverged(f'The training loss is {metrics["loss"]} at step {first + i}', first + i - 1, checkpointer)
+    metrics = jax.tree.map(lambda *xs: float(np.mean(xs)), *per_step)
+    metrics.pop('labels_out_of_range')
+    now = time.perf_counter()
+    steps_per_sec = (step - window_step) / (now - window_start)
+    window_start, window_step = now, step
+    eta = (config.num_train_steps - step) / max(steps_per_sec, 1e-9)
+    lr = float(schedule(step - 1))
+    logging.info(
+        'step %d/%d  loss %.4f  accuracy %.4f  %.1f images/s  lr %.2e  ETA %s',
+        step, config.num_train_steps, metrics['loss'], metrics['accuracy'],
+        steps_per_sec * config.global_batch_size, lr, time.strftime('%H:%M:%S', time.gmtime(eta)),
+    )
+    writer.write_scalars(step, {f'train_{k}': v for k, v in metrics.items()} | {
+        'learning_rate': lr, 'images_per_sec': steps_per_sec * config.global_batch_size})
+
+  batches = inputs.train_batches(step)
+  with interrupts.StopSignals() as signals:
+    while step < config.num_train_steps:
+      start = time.perf_counter()
+      state, metrics = p_train_step(state, parallel.shard_batch(next(batches), mesh))
+      pending.append(metrics)
+      step += 1
+      # Single process: a signal arrived. Several: all processes reached the step they agreed on.
+      stop = signals.received is not None or checkpointer.reached_preemption(step)
+      last = step == config.num_train_steps
+      save = last or stop or checkpointer.should_save(step)
+      if save or step % config.log_every_steps == 0:
+        flush_metrics(step)  # also guards the checkpoint against non-finite losses
+        checkpointer.check_for_errors()  # a background save that failed says so now
+      train_seconds += time.perf_counter() - start
+      if save:
+        meta = {'train_seconds': train_seconds, 'data_position': step, 'resumed_from': resumed_from}
+        try:
+          checkpointer.save(step, state, meta, force=True)
+        except ckpt.NonFiniteStateError as e:
+          _diverged(f'The training diverged: {e}', step - 1, checkpointer)  # the update from step - 1 blew up
+      if stop:
+        checkpointer.wait()
+        signum = signals.received or signal.SIGTERM
+        raise interrupts.StopRequested(
+            f'Stopped by {signal.Signals(signum).name} after saving step {step} in {checkpointer.directory}; '
+            'run the same command to resume from it.', signum)
+      if config.eval_every_steps > 0 and step % config.eval_every_steps == 0 and not last:
+        run_eval(state, step)
+    checkpointer.wait()
+  return state, step, train_seconds
+
+
+def _diverged(what: str, first_bad_state: int, checkpointer) -> None:
+  """Sets aside the checkpoints from `first_bad_state` on and raises FloatingPointError naming
+  the newest one left, whose weights still gave a finite loss.
+
+  The loss of step s is computed on the state of step s - 1, so a non-finite loss at step s
+  condemns the states from s - 1 on.
+  """
+  checkpointer.wait()
+  for step in checkpointer.all_steps():
+    if step >= first_bad_state:
+      checkpointer.set_aside(step, 'diverged', 'its weights gave a non-finite loss')
+  healthy = checkpointer.latest_step()
+  advice = (f'the newest checkpoint whose weights still gave a finite loss is step {healthy}: lower the learning_rate '
+            '(or add warmup_steps) and run the same command to resume from it.' if healthy is not None else
+            'no checkpoint of this run precedes it: lower the learning_rate (or add warmup_steps) and run again to '
+            'start over.')
+  raise FloatingPointError(f'{what}; {advice}')
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple[TrainState, dict[str, Any]]:
@@ -279,83 +391,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
   checkpointer = ckpt.Checkpointer(
       os.path.join(workdir, 'checkpoints'), save_every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints
   )
-  latest = checkpointer.latest_step()
-  if latest is None:
-    state = jax.jit(init, out_shardings=state_sharding)()
-    meta = {'train_seconds': 0.0}
-    logging.info('Starting from scratch in %s.', workdir)
-  else:
-    state, meta = checkpointer.restore(latest, ckpt.abstract_with_shardings(abstract_state, state_sharding))
-    logging.info('Resumed from the checkpoint of step %d in %s.', latest, checkpointer.directory)
-  step = int(state.step)
-  if step >= config.num_train_steps:
-    logging.info('This run already finished (step %d of %d); evaluating only.', step, config.num_train_steps)
-
-  writer = create_writer(workdir)
-  if step == 0:
-    writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
-  num_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
-  logging.info('Model %s: %s parameters.', config.model.name, f'{num_params:,}')
-
-  train_seconds = float(meta['train_seconds'])
-  pending: list[dict[str, jax.Array]] = []  # metrics of steps not yet logged, still on device
-  window_start, window_step = time.perf_counter(), step
-
-  def flush_metrics(step: int) -> None:
-    nonlocal window_start, window_step
-    if not pending:
-      return
-    metrics = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(pending))
-    pending.clear()
-    if not np.isfinite(metrics['loss']):
-      raise FloatingPointError(
-          f'The training loss is {metrics["loss"]} by step {step}. Nothing after the last finite step was '
-          f'checkpointed; the latest checkpoint in {checkpointer.directory} is step {checkpointer.latest_step()}. '
-          'Lower the learning_rate or add warmup_steps and resume or restart.'
-      )
-    now = time.perf_counter()
-    steps_per_sec = (step - window_step) / (now - window_start)
-    window_start, window_step = now, step
-    eta = (config.num_train_steps - step) / max(steps_per_sec, 1e-9)
-    lr = float(schedule(step - 1))
-    logging.info(
-        'step %d/%d  loss %.4f  accuracy %.4f  %.1f images/s  lr %.2e  ETA %s',
-        step, config.num_train_steps, metrics['loss'], metrics['accuracy'],
-        steps_per_sec * config.global_batch_size, lr, time.strftime('%H:%M:%S', time.gmtime(eta)),
+  try:  # the checkpointer's background threads must be closed on every way out
+    restored = checkpointer.restore(
+        ckpt.abstract_with_shardings(abstract_state, state_sharding), rewind_to=config.resume_from_step
     )
-    writer.write_scalars(step, {f'train_{k}': v for k, v in metrics.items()} | {
-        'learning_rate': lr, 'images_per_sec': steps_per_sec * config.global_batch_size})
+    if restored is None:
+      state, meta = jax.jit(init, out_shardings=state_sharding)(), {}
+      logging.info('Starting from scratch in %s.', workdir)
+    else:
+      state, meta = restored
+      logging.info('Resumed from the checkpoint of step %d in %s.', int(state.step), checkpointer.directory)
+    step = int(state.step)
+    if step >= config.num_train_steps:
+      logging.info('This run already finished (step %d of %d); evaluating only.', step, config.num_train_steps)
+    # Saved with every checkpoint after a rewind, so that rerunning the same command resumes.
+    resumed_from = config.resume_from_step if config.resume_from_step >= 0 else meta.get('resumed_from', -1)
+    num_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
+    logging.info('Model %s: %s parameters.', config.model.name, f'{num_params:,}')
+    writer = create_writer(workdir, step)
+    if step == 0:
+      writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
 
-  def run_eval(step: int) -> dict[str, float]:
-    start = time.perf_counter()
-    metrics = evaluate(p_eval_step, state, inputs, mesh)
-    logging.info('eval at step %d: accuracy %.4f  top-5 %.4f  loss %.4f  (%d examples, %.1fs)', step,
-                 metrics['accuracy'], metrics['top5_accuracy'], metrics['loss'], inputs.num_eval_examples,
-                 time.perf_counter() - start)
-    writer.write_scalars(step, {f'eval_{k}': v for k, v in metrics.items()})
-    return metrics
-
-  batches = inputs.train_batches(step)
-  try:
-    while step < config.num_train_steps:
+    def run_eval(state, step: int) -> dict[str, float]:
       start = time.perf_counter()
-      state, metrics = p_train_step(state, parallel.shard_batch(next(batches), mesh))
-      pending.append(metrics)
-      step += 1
-      last = step == config.num_train_steps
-      save = last or step % config.checkpoint_every_steps == 0
-      if save or step % config.log_every_steps == 0:
-        flush_metrics(step)  # also guards the checkpoint against non-finite losses
-      train_seconds += time.perf_counter() - start
-      if save:
-        checkpointer.save(step, state, {'train_seconds': train_seconds, 'data_position': step}, force=last)
-      if config.eval_every_steps > 0 and step % config.eval_every_steps == 0 and not last:
-        run_eval(step)
-    eval_metrics = run_eval(step)
-  finally:
-    checkpointer.wait()
-    checkpointer.close()
+      metrics = evaluate(p_eval_step, state, inputs, mesh)
+      logging.info('eval at step %d: accuracy %.4f  top-5 %.4f  loss %.4f  (%d examples, %.1fs)', step,
+                   metrics['accuracy'], metrics['top5_accuracy'], metrics['loss'], inputs.num_eval_examples,
+                   time.perf_counter() - start)
+      writer.write_scalars(step, {f'eval_{k}': v for k, v in metrics.items()})
+      return metrics
+
+    state, step, train_seconds = _train(
+        config, state, step, float(meta.get('train_seconds', 0.0)), resumed_from,
+        p_train_step, run_eval, inputs, mesh, schedule, checkpointer, writer,
+    )
+    eval_metrics = run_eval(state, step)
     writer.flush()
+  finally:
+    checkpointer.close()
 
   final = {
       'test_accuracy': eval_metrics['accuracy'],

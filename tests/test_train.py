@@ -1,6 +1,7 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from unittest import mock
@@ -57,22 +58,140 @@ def test_finished_run_evaluates_without_training(tmp_path, make_config):
   jax.tree.map(np.testing.assert_array_equal, params_of(again), params_of(first))
 
 
-def test_unreadable_checkpoint_is_reported(tmp_path, make_config):
-  config = make_config(num_train_steps=3)
-  train.train_and_evaluate(config, str(tmp_path))
-  for root, _, files in os.walk(tmp_path / 'checkpoints' / '3' / 'state'):
-    for name in files:
-      with open(os.path.join(root, name), 'wb') as f:
-        f.write(b'garbage')
-  with pytest.raises(checkpoint.CheckpointError, match='Could not restore the checkpoint of step 3'):
-    train.train_and_evaluate(config, str(tmp_path))
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory):
+  """A tiny 6-step run (checkpoints at 3 and 6) and its final parameters, to copy and damage."""
+  from conftest import tiny_config
+
+  workdir = tmp_path_factory.mktemp('finished')
+  state, _ = train.train_and_evaluate(tiny_config(), str(workdir))
+  return workdir, params_of(state)
 
 
-def test_non_finite_loss_stops_the_run(tmp_path, make_config):
-  config = make_config(learning_rate=1e30, num_train_steps=8, log_every_steps=4, checkpoint_every_steps=4)
-  with pytest.raises(FloatingPointError, match='training loss is nan'):
-    train.train_and_evaluate(config, str(tmp_path))
-  assert not (tmp_path / 'checkpoints' / '4').exists()
+def damage(step_dir, how):
+  data_files = sorted((step_dir / 'state').rglob('ocdbt.process_0/d/*'), key=lambda p: p.stat().st_size)
+  if how == 'truncated':
+    data_files[-1].write_bytes(data_files[-1].read_bytes()[: data_files[-1].stat().st_size // 2])
+  elif how == 'overwritten':  # same size, 896 bytes in the middle
+    data = bytearray(data_files[-1].read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 896] = np.random.default_rng(0).integers(0, 256, 896, dtype=np.uint8).tobytes()
+    data_files[-1].write_bytes(bytes(data))
+  elif how == 'missing_metadata':
+    os.remove(step_dir / 'state' / '_METADATA')
+  elif how == 'garbage_metadata':
+    (step_dir / 'state' / '_METADATA').write_text('{"tree_metadata": 7')
+  elif how == 'missing_meta':
+    shutil.rmtree(step_dir / 'meta')
+  elif how == 'empty_step_folder':
+    shutil.rmtree(step_dir)
+    step_dir.mkdir()
+
+
+@pytest.mark.parametrize('how', ['truncated', 'overwritten', 'missing_metadata', 'garbage_metadata', 'missing_meta',
+                                 'empty_step_folder'])
+def test_damaged_latest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(tmp_path, make_config,
+                                                                                         finished_run, how):
+  template, uninterrupted = finished_run
+  workdir = tmp_path / 'run'
+  shutil.copytree(template, workdir)
+  damage(workdir / 'checkpoints' / '6', how)
+  with mock.patch.object(checkpoint.logging, 'warning', wraps=checkpoint.logging.warning) as warning:
+    resumed, final = train.train_and_evaluate(make_config(), str(workdir))
+  assert any('step 6' in call.args[0] % call.args[1:] for call in warning.call_args_list)
+  assert [p.name.split('-')[:2] for p in (workdir / 'checkpoints_set_aside').iterdir()] == [['6', 'unreadable']]
+  assert final['step'] == 6
+  jax.tree.map(np.testing.assert_array_equal, params_of(resumed), uninterrupted)  # step 3's, then 3 more steps
+  # The steps replayed after the resume are logged once.
+  logged = [json.loads(l)['step'] for l in open(workdir / 'metrics.jsonl') if 'train_loss' in l]
+  assert logged == sorted(set(logged)) == [2, 3, 4, 6]
+
+
+def test_when_no_checkpoint_is_readable_the_error_says_so(tmp_path, make_config, finished_run):
+  workdir = tmp_path / 'run'
+  shutil.copytree(finished_run[0], workdir)
+  damage(workdir / 'checkpoints' / '6', 'overwritten')
+  damage(workdir / 'checkpoints' / '3', 'empty_step_folder')
+  with pytest.raises(checkpoint.CheckpointError, match=r'None of the checkpoints .* \(steps \[3, 6\]\) could be read'):
+    train.train_and_evaluate(make_config(), str(workdir))
+  assert len(list((workdir / 'checkpoints_set_aside').iterdir())) == 2  # moved, never deleted
+
+
+def test_resume_from_an_earlier_step_sets_later_ones_aside_once(tmp_path, make_config, finished_run):
+  workdir = tmp_path / 'run'
+  shutil.copytree(finished_run[0], workdir)
+  (workdir / 'checkpoints' / '9.orbax-checkpoint-tmp-1234' / 'state').mkdir(parents=True)  # as a kill in a save leaves
+  config = make_config(resume_from_step=3)
+  resumed, final = train.train_and_evaluate(config, str(workdir))
+  jax.tree.map(np.testing.assert_array_equal, params_of(resumed), finished_run[1])
+  assert [p.name.split('-')[:2] for p in (workdir / 'checkpoints_set_aside').iterdir()] == [['6', 'after_3']]
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['3', '6']  # the temporary folder is gone
+  # The same command again: the newest checkpoint continues from step 3 already, nothing is rewound.
+  train.train_and_evaluate(config, str(workdir))
+  assert len(list((workdir / 'checkpoints_set_aside').iterdir())) == 1
+  with pytest.raises(checkpoint.CheckpointError, match=r'resume_from_step=4, .* holds steps \[3, 6\]'):
+    train.train_and_evaluate(make_config(resume_from_step=4), str(workdir))
+
+
+def test_divergence_names_the_newest_checkpoint_whose_weights_gave_a_finite_loss(tmp_path, make_config):
+  # lr 1e4 from the start: step 1's loss is finite, the weights it leaves blow up at step 2.
+  config = make_config(learning_rate=1e4, warmup_steps=0, lr_schedule='constant', checkpoint_every_steps=1,
+                       log_every_steps=1)
+  with pytest.raises(FloatingPointError, match='step 2.*; no checkpoint of this run precedes it'):
+    train.train_and_evaluate(config, str(tmp_path / 'a'))
+  assert not os.listdir(tmp_path / 'a' / 'checkpoints')  # step 1's weights were set aside
+
+  # Healthy for 3 steps, then a learning rate that diverges: step 3 is named, and resuming works.
+  workdir = str(tmp_path / 'b')
+  train.train_and_evaluate(make_config(num_train_steps=3), workdir)
+  diverging = make_config(learning_rate=1e4, warmup_steps=0, lr_schedule='constant', num_train_steps=6)
+  with pytest.raises(FloatingPointError, match='the newest checkpoint whose weights still gave a finite loss is step 3: '
+                                               'lower the learning_rate'):
+    train.train_and_evaluate(diverging, workdir)
+  _, final = train.train_and_evaluate(make_config(), workdir)
+  assert final['step'] == 6 and np.isfinite(final['test_loss'])
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT], ids=['SIGTERM', 'SIGINT'])
+def test_a_signal_saves_the_current_step_and_the_rerun_resumes_bit_identical(tmp_path, make_config, finished_run,
+                                                                             signum):
+  from inception_jax import interrupts, parallel
+
+  shard_batch, calls = parallel.shard_batch, []
+
+  def signal_during_step_4(batch, mesh):
+    calls.append(1)
+    if len(calls) == 4:
+      os.kill(os.getpid(), signum)
+    return shard_batch(batch, mesh)
+
+  with mock.patch.object(parallel, 'shard_batch', signal_during_step_4):
+    with pytest.raises(interrupts.StopRequested, match=f'Stopped by {signal.Signals(signum).name} after saving step 4') as stop:
+      train.train_and_evaluate(make_config(), str(tmp_path))
+  assert stop.value.exit_code == 128 + signum
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '4']
+  assert signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler)  # handlers restored
+  resumed, final = train.train_and_evaluate(make_config(), str(tmp_path))
+  assert final['step'] == 6
+  jax.tree.map(np.testing.assert_array_equal, params_of(resumed), finished_run[1])
+
+
+def test_labels_out_of_range_make_the_step_say_so():
+  import optax
+
+  model = train.create_model(tiny_config_for_labels(), 3)
+  state = train.create_train_state(model, optax.sgd(0.1), (28, 28, 1), seed=0)
+  images = np.zeros((2, 28, 28, 1), np.float32)
+  _, good = train.train_step(state, {'image': images, 'label': np.array([0, 2])})
+  _, bad = train.train_step(state, {'image': images, 'label': np.array([0, 3])})
+  assert np.isfinite(good['loss']) and good['labels_out_of_range'] == 0
+  assert np.isnan(bad['loss']) and bad['labels_out_of_range'] == 1
+
+
+def tiny_config_for_labels():
+  from conftest import tiny_config
+
+  return tiny_config()
 
 
 def test_command_line_rejects_a_misspelt_config_field(tmp_path):

@@ -110,6 +110,7 @@ def get_config(variant: str = 'googlenet') -> ml_collections.ConfigDict:
   config.eval_every_steps = 5 * steps_per_epoch  # -1: evaluate only at the end
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
+  config.resume_from_step = -1  # -1: the newest good checkpoint; N: rewind to step N's (later ones are set aside)
 
   if variant == 'synthetic':
     config.num_train_steps = 100

@@ -54,6 +54,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.eval_every_steps = -1  # -1: evaluate only at the end
   config.checkpoint_every_steps = 200
   config.keep_checkpoints = 2  # the last K checkpoints are kept
+  config.resume_from_step = -1  # -1: the newest good checkpoint; N: rewind to step N's (later ones are set aside)
 
   if variant == 'paper':
     config.global_batch_size = 50
