@@ -3,19 +3,31 @@
 Several hosts: start the same command once per process, with the same workdir on a shared
 filesystem and --coordinator_address=HOST:PORT (process 0's) --num_processes=N
 --process_id=I, or --auto_distributed where JAX detects the cluster (README, "Scaling out").
+
+Every failure ends in one line on stderr, `error: ...`, and exit status 1 (2 for a bad
+flag); `--verbosity=1` shows the traceback instead. SIGTERM or Ctrl-C saves the current
+step and stops with status 128 + the signal's number; the same command resumes.
 """
+
+import os
+import re
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from inception_jax import parallel, train
+from inception_jax import interrupts, parallel, train
 
 
 def run(default_config: str, default_workdir: str) -> None:
   """Defines the flags with these defaults and runs `train.train_and_evaluate`."""
-  config = config_flags.DEFINE_config_file('config', default_config, 'Training config file[:variant].',
-                                           lock_config=True)
+  try:  # config_flags reads the overrides off sys.argv here already
+    config = config_flags.DEFINE_config_file('config', default_config, 'Training config file[:variant].',
+                                             lock_config=True)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    _bad_override(e)
   workdir = flags.DEFINE_string('workdir', default_workdir, 'Checkpoints, logs and final_metrics.json go here.')
+  print_config = flags.DEFINE_bool('print_config', False, 'Print every config field with its value, then exit.')
   coordinator = flags.DEFINE_string('coordinator_address', '', "Multi-process: process 0's HOST:PORT.")
   num_processes = flags.DEFINE_integer('num_processes', 0, 'Multi-process: how many processes take part.')
   process_id = flags.DEFINE_integer('process_id', -1, "Multi-process: this process's index, 0 to num_processes - 1.")
@@ -24,8 +36,55 @@ def run(default_config: str, default_workdir: str) -> None:
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-    logging.set_verbosity(logging.INFO)
-    parallel.initialize_distributed(coordinator.value, num_processes.value, process_id.value, auto=auto.value)
-    train.train_and_evaluate(config.value, workdir.value)
+    path = config_flags.get_config_filename(flags.FLAGS['config'])
+    if not os.path.isfile(path):  # ml_collections' own message names neither the file nor the reason
+      _exit_with(f'error: no config file {path!r}; the configs are in experiments/configs/.', 2)
+    if print_config.value:
+      print(config.value)
+      return
+    if not flags.FLAGS['verbosity'].present:
+      logging.set_verbosity(logging.INFO)
+    try:
+      parallel.initialize_distributed(coordinator.value, num_processes.value, process_id.value, auto=auto.value)
+      train.train_and_evaluate(config.value, workdir.value)
+    except interrupts.StopRequested as e:
+      logging.warning('%s', e)
+      sys.exit(e.exit_code)
+    except Exception as e:  # pylint: disable=broad-except
+      if flags.FLAGS.verbosity >= 1:
+        raise
+      _exit_with(f'error: {_one_line(e)} (--verbosity=1 shows the traceback)', 1)
 
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv):
+  """absl's parsing, with a bad config override reported in one line instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _exit_with(f'error: {e}. --helpfull lists the flags.', 2)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    _bad_override(e)
+
+
+def _bad_override(e: Exception) -> None:
+  text = str(e).replace('\\n', ' ').replace("\\'", "'")
+  suggestion = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
+  if suggestion:
+    _exit_with(f'error: the config has no field {suggestion[2]!r}; did you mean {suggestion[1]!r}? '
+               '--print_config lists every field.', 2)
+  _exit_with(f'error: a --config override was not accepted ({type(e).__name__}: {_one_line(text.strip(chr(34) + chr(39)))}); '
+             '--print_config lists every field.', 2)
+
+
+def _one_line(error) -> str:
+  lines = str(error).strip().splitlines()
+  text = lines[0] if lines else type(error).__name__
+  return text if isinstance(error, (str, ValueError, RuntimeError, OSError, FloatingPointError)) else (
+      f'{type(error).__name__}: {text}')
+
+
+def _exit_with(message: str, status: int) -> None:
+  print(message, file=sys.stderr, flush=True)
+  sys.exit(status)

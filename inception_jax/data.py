@@ -21,6 +21,7 @@ downloads as usual.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import itertools
 import math
@@ -58,8 +59,10 @@ def prepare(config):
   tfds = _tfds()
   try:
     builder = tfds.builder(config.dataset, data_dir=config.get('data_dir') or None)
-  except Exception as e:  # TFDS raises several types for an unknown name.
-    raise ValueError(f'Unknown TFDS dataset {config.dataset!r}: {e}') from e
+  except Exception as e:  # TFDS raises several types for an unknown name, with pages of text.
+    close = difflib.get_close_matches(config.dataset, tfds.list_builders(), n=3)
+    raise ValueError(f'Unknown TFDS dataset {config.dataset!r}' + (f'; did you mean {", ".join(close)}?' if close else
+                     '; tfds.list_builders() names them all.')) from e
   folder = manual_dir(config)
   hint = (
       f'To prepare it offline, put its files (for mnist: train-images-idx3-ubyte.gz, '

@@ -259,7 +259,7 @@ def _check_config(config) -> None:
 
 
 def _train(config, state, step, train_seconds, resumed_from, p_train_step, run_eval, inputs, mesh, schedule,
-           checkpointer, writer):
+           checkpointer, writer, signals):
   """The training loop from `step`: logs, evaluates and checkpoints; stops on a signal after saving.
 
   Returns (state, step, train_seconds) at config.num_train_steps. Raises StopRequested after
@@ -298,35 +298,35 @@ def _train(config, state, step, train_seconds, resumed_from, p_train_step, run_e
         'learning_rate': lr, 'images_per_sec': steps_per_sec * config.global_batch_size})
 
   batches = inputs.train_batches(step)
-  with interrupts.StopSignals() as signals:
-    while step < config.num_train_steps:
-      start = time.perf_counter()
-      state, metrics = p_train_step(state, parallel.shard_batch(next(batches), mesh))
-      pending.append(metrics)
-      step += 1
-      # Single process: a signal arrived. Several: all processes reached the step they agreed on.
-      stop = signals.received is not None or checkpointer.reached_preemption(step)
-      last = step == config.num_train_steps
-      save = last or stop or checkpointer.should_save(step)
-      if save or step % config.log_every_steps == 0:
-        flush_metrics(step)  # also guards the checkpoint against non-finite losses
-        checkpointer.check_for_errors()  # a background save that failed says so now
-      train_seconds += time.perf_counter() - start
-      if save:
-        meta = {'train_seconds': train_seconds, 'data_position': step, 'resumed_from': resumed_from}
-        try:
-          checkpointer.save(step, state, meta, force=True)
-        except ckpt.NonFiniteStateError as e:
-          _diverged(f'The training diverged: {e}', step - 1, checkpointer)  # the update from step - 1 blew up
-      if stop:
-        checkpointer.wait()
-        signum = signals.received or signal.SIGTERM
-        raise interrupts.StopRequested(
-            f'Stopped by {signal.Signals(signum).name} after saving step {step} in {checkpointer.directory}; '
-            'run the same command to resume from it.', signum)
-      if config.eval_every_steps > 0 and step % config.eval_every_steps == 0 and not last:
-        run_eval(state, step)
-    checkpointer.wait()
+  while step < config.num_train_steps:
+    start = time.perf_counter()
+    state, metrics = p_train_step(state, parallel.shard_batch(next(batches), mesh))
+    pending.append(metrics)
+    step += 1
+    last = step == config.num_train_steps
+    # One process: a signal arrived. Several: this is the step all of them agreed to save at.
+    stop = not last and (checkpointer.reached_preemption(step) if jax.process_count() > 1 else
+                         signals.received is not None)
+    save = last or stop or checkpointer.should_save(step)
+    if save or step % config.log_every_steps == 0:
+      flush_metrics(step)  # also guards the checkpoint against non-finite losses
+      checkpointer.check_for_errors()  # a background save that failed says so now
+    train_seconds += time.perf_counter() - start
+    if save:
+      meta = {'train_seconds': train_seconds, 'data_position': step, 'resumed_from': resumed_from}
+      try:
+        checkpointer.save(step, state, meta, force=True)
+      except ckpt.NonFiniteStateError as e:
+        _diverged(f'The training diverged: {e}', step - 1, checkpointer)  # the update from step - 1 blew up
+    if stop:
+      checkpointer.wait()
+      signum = signals.received or signal.SIGTERM
+      raise interrupts.StopRequested(
+          f'Stopped by {signal.Signals(signum).name} after saving step {step} in {checkpointer.directory}; '
+          'run the same command to resume from it.', signum)
+    if config.eval_every_steps > 0 and step % config.eval_every_steps == 0 and not last:
+      run_eval(state, step)
+  checkpointer.wait()
   return state, step, train_seconds
 
 
@@ -391,6 +391,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
   checkpointer = ckpt.Checkpointer(
       os.path.join(workdir, 'checkpoints'), save_every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints
   )
+  signals = interrupts.StopSignals()
+  signals.__enter__()  # from here on, a signal stops the run at the next step boundary
   try:  # the checkpointer's background threads must be closed on every way out
     restored = checkpointer.restore(
         ckpt.abstract_with_shardings(abstract_state, state_sharding), rewind_to=config.resume_from_step
@@ -423,12 +425,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
 
     state, step, train_seconds = _train(
         config, state, step, float(meta.get('train_seconds', 0.0)), resumed_from,
-        p_train_step, run_eval, inputs, mesh, schedule, checkpointer, writer,
+        p_train_step, run_eval, inputs, mesh, schedule, checkpointer, writer, signals,
     )
     eval_metrics = run_eval(state, step)
     writer.flush()
   finally:
     checkpointer.close()
+    signals.__exit__()
 
   final = {
       'test_accuracy': eval_metrics['accuracy'],

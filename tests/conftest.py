@@ -16,9 +16,8 @@ if SHARED_MNIST.is_dir():
 def tiny_config(**fields):
   """The default config with a narrow network and short, frequent everything."""
   config = mnist_inception.get_config()
-  with config.unlocked():
-    config.model.widths = (4, 8)
-    config.model.hidden_units = 32
+  config.model.widths = (4, 8)
+  config.model.hidden_units = 32
   config.global_batch_size = 32
   config.eval_batch_size = 250
   config.eval_split = 'test[:500]'

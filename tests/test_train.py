@@ -117,6 +117,21 @@ def test_when_no_checkpoint_is_readable_the_error_says_so(tmp_path, make_config,
   assert len(list((workdir / 'checkpoints_set_aside').iterdir())) == 2  # moved, never deleted
 
 
+def test_command_line_reports_a_failure_in_one_line_and_exits_non_zero(tmp_path, finished_run):
+  workdir = tmp_path / 'run'
+  shutil.copytree(finished_run[0], workdir)
+  damage(workdir / 'checkpoints' / '6', 'truncated')
+  damage(workdir / 'checkpoints' / '3', 'missing_meta')
+  tiny = ['--config.model.widths=(4,8)', '--config.model.hidden_units=32', '--config.global_batch_size=32',
+          '--config.eval_batch_size=250', '--config.eval_split=test[:500]', '--config.num_train_steps=6',
+          '--config.warmup_steps=2', '--config.log_every_steps=2', '--config.checkpoint_every_steps=3']
+  run = subprocess.run([sys.executable, '-m', 'experiments.mnist_inception', f'--workdir={workdir}', *tiny],
+                       capture_output=True, text=True)
+  assert run.returncode == 1
+  assert run.stderr.splitlines()[-1].startswith('error: None of the checkpoints in ')
+  assert 'Traceback' not in run.stderr and 'Event loop is closed' not in run.stderr, run.stderr[-3000:]
+
+
 def test_resume_from_an_earlier_step_sets_later_ones_aside_once(tmp_path, make_config, finished_run):
   workdir = tmp_path / 'run'
   shutil.copytree(finished_run[0], workdir)
@@ -199,8 +214,10 @@ def test_command_line_rejects_a_misspelt_config_field(tmp_path):
       [sys.executable, '-m', 'experiments.mnist_inception', f'--workdir={tmp_path}', '--config.learning_rat=0.1'],
       capture_output=True, text=True,
   )
-  assert run.returncode != 0
-  assert 'learning_rat' in run.stderr and 'Did you mean' in run.stderr
+  assert run.returncode == 2
+  assert run.stderr.splitlines()[-1] == ("error: the config has no field 'learning_rat'; did you mean 'learning_rate'? "
+                                         '--print_config lists every field.')
+  assert 'Traceback' not in run.stderr
 
 
 def test_batch_not_divisible_by_devices_is_reported(tmp_path):

@@ -23,7 +23,10 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'mnist_inception'  # a name from inception_jax.models.list_models()
-  config.model.drop_rate = 0.5  # dropout on the 700-unit hidden layer
+  config.model.widths = (32, 64)  # maps per tower in each of the two modules (the seed's map1, map2)
+  config.model.reduce_width = 16  # maps of the 1x1 reductions (reduce1x1)
+  config.model.hidden_units = 700  # the hidden dense layer (num_fc1)
+  config.model.drop_rate = 0.5  # dropout on the hidden layer
   config.model.dtype = 'float32'  # compute dtype; parameters are float32 always
 
   config.dataset = 'mnist'  # a TFDS name
