@@ -4,6 +4,9 @@ checkpoint, resume and end where one process does."""
 import json
 import os
 import pathlib
+import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +32,7 @@ def worker(coordinator: str, process_id: int, workdir: str) -> None:
   """One of two processes: 2 steps and a checkpoint, then a fresh start that resumes to 4."""
   from absl import logging
 
-  from inception_jax import parallel
+  from inception_jax import interrupts, parallel
 
   logging.set_verbosity(logging.INFO)
   parallel.initialize_distributed(coordinator, 2, process_id)
@@ -37,6 +40,24 @@ def worker(coordinator: str, process_id: int, workdir: str) -> None:
   train.train_and_evaluate(config_for_test(2), workdir)
   _, final = train.train_and_evaluate(config_for_test(4), workdir)
   assert final['step'] == 4
+
+  # A SIGTERM to process 1 alone during step 6: JAX's preemption service makes both save one step and stop.
+  shard_batch, calls = parallel.shard_batch, []
+
+  def sigterm_during_step_6(batch, mesh):
+    calls.append(1)
+    if process_id == 1 and len(calls) == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return shard_batch(batch, mesh)
+
+  parallel.shard_batch = sigterm_during_step_6
+  try:
+    train.train_and_evaluate(config_for_test(10), workdir)
+    raise AssertionError('not stopped')
+  except interrupts.StopRequested as e:
+    print(f'process {process_id}: {e}', flush=True)
+  finally:
+    parallel.shard_batch = shard_batch
   jax.distributed.shutdown()
 
 
@@ -60,12 +81,18 @@ def test_two_processes_train_checkpoint_resume_and_match_one(tmp_path):
   for i, (w, out) in enumerate(zip(workers, outputs)):
     assert w.returncode == 0, f'process {i}:\n{out[-3000:]}'
   assert 'Resumed from the checkpoint of step 2' in outputs[0] + outputs[1]
+  stopped = [re.findall(r'process \d: Stopped by SIGTERM after saving step (\d+)', out) for out in outputs]
+  assert stopped[0] == stopped[1] and len(stopped[0]) == 1 and int(stopped[0][0]) >= 6, outputs[0][-3000:]
+  assert str(int(stopped[0][0])) in os.listdir(workdir / 'checkpoints')
+  for step in os.listdir(workdir / 'checkpoints'):  # back to step 4 for the comparison below
+    if int(step) > 4:
+      shutil.rmtree(workdir / 'checkpoints' / step)
 
   single, single_final = train.train_and_evaluate(config_for_test(4), str(tmp_path / 'one'))
 
   # The processes' step-4 checkpoint holds the state one process reaches.
   checkpointer = checkpoint.Checkpointer(str(workdir / 'checkpoints'), save_every_steps=2, keep=2)
-  restored, _ = checkpointer.restore(4, checkpoint.abstract_with_shardings(single, jax.tree.map(lambda x: x.sharding, single)))
+  restored, _ = checkpointer.restore(checkpoint.abstract_with_shardings(single, jax.tree.map(lambda x: x.sharding, single)))
   checkpointer.close()
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(single)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
