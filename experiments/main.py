@@ -5,7 +5,8 @@ filesystem and --coordinator_address=HOST:PORT (process 0's) --num_processes=N
 --process_id=I, or --auto_distributed where JAX detects the cluster (README, "Scaling out").
 
 Every failure ends in one line on stderr, `error: ...`, and exit status 1 (2 for a bad
-flag); `--verbosity=1` shows the traceback instead. SIGTERM or Ctrl-C saves the current
+flag); `--verbosity=1` shows the traceback instead, and the libraries' INFO lines (Orbax
+writes about 8 per checkpoint), which are off otherwise. SIGTERM or Ctrl-C saves the current
 step and stops with status 128 + the signal's number; the same command resumes.
 """
 
@@ -42,8 +43,9 @@ def run(default_config: str, default_workdir: str) -> None:
     if print_config.value:
       print(config.value)
       return
-    if not flags.FLAGS['verbosity'].present:
+    if flags.FLAGS.verbosity < 1:  # our progress lines; the libraries' INFO lines only with --verbosity=1
       logging.set_verbosity(logging.INFO)
+      logging.get_absl_handler().addFilter(_own_info_only)
     try:
       parallel.initialize_distributed(coordinator.value, num_processes.value, process_id.value, auto=auto.value)
       train.train_and_evaluate(config.value, workdir.value)
@@ -56,6 +58,10 @@ def run(default_config: str, default_workdir: str) -> None:
       _exit_with(f'error: {_one_line(e)} (--verbosity=1 shows the traceback)', 1)
 
   app.run(main, flags_parser=_parse_flags)
+
+
+def _own_info_only(record) -> bool:
+  return record.levelno >= logging.converter.STANDARD_WARNING or f'{os.sep}inception_jax{os.sep}' in record.pathname
 
 
 def _parse_flags(argv):

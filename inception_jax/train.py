@@ -232,11 +232,11 @@ def _logged_step(line: str) -> float:
 
 
 def create_writer(workdir: str, start_step: int = 0) -> metric_writers.MetricWriter:
-  """TensorBoard events and metrics.jsonl in `workdir` (process 0), logging everywhere."""
+  """TensorBoard events and metrics.jsonl in `workdir` (process 0 only; the loop logs its own lines)."""
   if jax.process_index() > 0:
-    return metric_writers.LoggingWriter()
+    return metric_writers.MultiWriter([])
   return metric_writers.MultiWriter([
-      metric_writers.create_default_writer(workdir, asynchronous=False),
+      metric_writers.SummaryWriter(workdir),
       JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), start_step),
   ])
 

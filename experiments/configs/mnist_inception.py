@@ -53,6 +53,10 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.lr_multipliers = {'fc1': 1.0}
   config.aux_loss_weight = 0.3  # per auxiliary classifier (GoogLeNet's paper); none here
 
+  config.num_devices = -1  # devices of the 'data' axis; -1: all of them, on every process
+  config.shard_params = False  # True: split large parameters and their optimizer state over the devices (FSDP)
+  config.shard_min_size = 2**18  # elements; smaller arrays stay replicated when shard_params
+
   config.log_every_steps = 10
   config.eval_every_steps = -1  # -1: evaluate only at the end
   config.checkpoint_every_steps = 200
