@@ -65,12 +65,13 @@ IS_SPLITS, KID_SUBSETS, KID_SUBSET_SIZE, KID_DEGREE, KID_COEF0, SEED = 10, 100, 
 # Weights.
 
 
-def fid_weights_file(cache_dir: str | None = None, url: str = FID_WEIGHTS_URL) -> str:
+def fid_weights_file(cache_dir: str | None = None, url: str | None = None) -> str:
   """pytorch-fid's weight file, downloaded once and checked against the sha256 prefix in its name.
 
   Looks first where pytorch-fid's own download goes (torch.hub's checkpoints folder), then
   in `cache_dir` (default $INCEPTION_JAX_CACHE or ~/.cache/inception_jax).
   """
+  url = url or FID_WEIGHTS_URL
   name = os.path.basename(url)
   torch_home = os.environ.get('TORCH_HOME', os.path.join(os.path.expanduser('~'), '.cache', 'torch'))
   cache_dir = cache_dir or os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser('~'), '.cache', 'inception_jax')
@@ -230,10 +231,10 @@ def _allgather(x: np.ndarray) -> np.ndarray:
   as uint32 pairs, since JAX would otherwise cast them to 32 bits."""
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
-  x = np.ascontiguousarray(x)
+  x = np.atleast_1d(np.ascontiguousarray(x))
   words = x.view(np.uint32) if x.dtype.itemsize == 8 else x
   out = np.asarray(multihost_utils.process_allgather(words))
-  return out.view(x.dtype) if x.dtype.itemsize == 8 else out
+  return out.view(x.dtype).reshape(-1, *x.shape)
 
 
 def _local_shards(array: jax.Array) -> dict[int, np.ndarray]:
@@ -272,6 +273,7 @@ class Accumulator:
       size = images.shape[0]
       if size % devices:
         images = jnp.pad(images, [(0, -size % devices)] + [(0, 0)] * (images.ndim - 1))
+      images = jax.device_put(images, parallel.batch_sharding(mesh))  # a no-op when already split so
     else:
       images = np.asarray(images)
       size = images.shape[0] * jax.process_count()
@@ -313,7 +315,7 @@ class Accumulator:
       merged.outer = np.asfortranarray(_allgather(moments.outer).sum(axis=0))
       moments = merged
       if self._keep:  # processes keep different numbers of rows: pad to the longest
-        counts = _allgather(np.int64(order.shape[0]))
+        counts = _allgather(np.int64(order.shape[0]))[:, 0]
         longest = int(counts.max())
         pad = lambda a: np.concatenate([a, np.zeros((longest - a.shape[0], *a.shape[1:]), a.dtype)])
         order = np.concatenate([o[:c] for o, c in zip(_allgather(pad(order.astype(np.int64))), counts)])
@@ -525,10 +527,8 @@ class TfdsImages:
     self.name, self._split = spec, (split[0] if split else 'train')
     try:
       builder = data.prepare(ml_collections.ConfigDict({'dataset': name}))
-    except ValueError as e:
-      guess = re.search(r'Did you mean: \S+ -> (\S+)', str(e))
-      raise ValueError(f'unknown TFDS dataset {name!r} in {spec}' + (f' (did you mean {guess.group(1)!r}?)' if guess else '')
-                       + '; the form is tfds:NAME[:SPLIT].') from None
+    except ValueError as e:  # data.prepare's message names the dataset and near names
+      raise ValueError(f'{str(e).splitlines()[0].rstrip(".")} (in {spec}; the form is tfds:NAME[:SPLIT]).') from None
     except data.DatasetUnavailableError as e:
       raise ValueError(str(e).splitlines()[0]) from None
     if 'image' not in builder.info.features:
@@ -641,6 +641,8 @@ def calculate_metrics(paths: list[str], *, metrics: tuple[str, ...] = ('fid',), 
     raise ValueError(f'--dims must be one of {sorted(FID_FEATURES)}, got {dims}.')
   sides = [open_path(p) for p in paths]  # every path checked before any work
   for path, side in zip(paths, sides):
+    if not isinstance(side, Statistics) and side.num_images < 2:
+      raise ValueError(f'{path}: FID statistics need at least 2 images, got {side.num_images}.')
     if isinstance(side, Statistics) and side.dims != dims and not all(isinstance(s, Statistics) for s in sides):
       raise ValueError(f'{path} holds {side.dims}-d statistics, but --dims={dims}.')
     if isinstance(side, Statistics) and ('kid' in metrics or ('is' in metrics and side is sides[0])):
@@ -676,6 +678,8 @@ def save_statistics(path: str, out: str, *, weights: str | None = None, batch_si
   source = open_path(path)
   if isinstance(source, Statistics):
     raise ValueError(f'{path} already holds statistics.')
+  if source.num_images < 2:
+    raise ValueError(f'{path}: FID statistics need at least 2 images, got {source.num_images}.')
   model, variables = load_fid_inception(weights)
   extractor = Extractor(model, variables, dims=dims, mesh=parallel.make_mesh(num_devices), resize=resize)
   stats = compute_statistics(source, extractor, batch_size=batch_size, progress=progress)

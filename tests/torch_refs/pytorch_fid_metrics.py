@@ -99,10 +99,14 @@ def compute_statistics_of_path(path, model, batch_size, dims, device, num_worker
     with np.load(path) as f:
       m, s = f['mu'][:], f['sigma'][:]
   else:
-    path = pathlib.Path(path)
-    files = sorted([file for ext in IMAGE_EXTENSIONS for file in path.glob('*.{}'.format(ext))])
+    files = image_files(path)
     m, s = calculate_activation_statistics(files, model, batch_size, dims, device, num_workers)
   return m, s
+
+
+def image_files(path):  # l. 240-242
+  path = pathlib.Path(path)
+  return sorted([file for ext in IMAGE_EXTENSIONS for file in path.glob('*.{}'.format(ext))])
 
 
 def calculate_fid_given_paths(paths, batch_size, device, dims, model, num_workers=0):  # l. 249-265
