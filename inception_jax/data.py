@@ -42,7 +42,7 @@ class DatasetUnavailableError(RuntimeError):
 
 
 def manual_dir(config) -> str | None:
-  return config.get('manual_dir') or os.environ.get(MANUAL_DIR_ENV) or None
+  return config.manual_dir or os.environ.get(MANUAL_DIR_ENV) or None
 
 
 def _tfds():
@@ -58,7 +58,7 @@ def prepare(config):
   """Returns the TFDS builder of `config.dataset`, prepared (offline from manual_dir if given)."""
   tfds = _tfds()
   try:
-    builder = tfds.builder(config.dataset, data_dir=config.get('data_dir') or None)
+    builder = tfds.builder(config.dataset, data_dir=config.data_dir or None)
   except Exception as e:  # TFDS raises several types for an unknown name, with pages of text.
     close = difflib.get_close_matches(config.dataset, tfds.list_builders(), n=3)
     raise ValueError(f'Unknown TFDS dataset {config.dataset!r}' + (f'; did you mean {", ".join(close)}?' if close else
@@ -86,7 +86,7 @@ def prepare(config):
 
 def load_split(config, split: str) -> tuple[dict[str, np.ndarray], int]:
   """A whole split in memory as {'image': float32 NHWC in [0, 1], 'label': int32}, and the class count."""
-  return _load_split(config.dataset, split, config.get('data_dir') or None, manual_dir(config))
+  return _load_split(config.dataset, split, config.data_dir or None, manual_dir(config))
 
 
 @functools.lru_cache(maxsize=4)
@@ -164,7 +164,7 @@ def create_input(config, process_index: int = 0, process_count: int = 1):
     )
   if config.dataset == 'synthetic':
     return SyntheticInput(config, process_index, process_count)
-  pipeline = config.get('input_pipeline', 'memory')
+  pipeline = config.input_pipeline
   if pipeline == 'memory':
     return InMemoryInput(config, process_index, process_count)
   if pipeline == 'inception':
@@ -183,6 +183,7 @@ class InMemoryInput:
     check_batch(self._eval, self.num_classes)
     self.image_shape = train['image'].shape[1:]
     self.num_eval_examples = len(self._eval['label'])
+    self.num_train_examples = len(train['label'])
     self._batches = TrainBatches(train, config.global_batch_size, config.seed, process_index, process_count)
     self._eval_args = (config.eval_batch_size, process_index, process_count)
 
@@ -200,9 +201,10 @@ class SyntheticInput:
 
   def __init__(self, config, process_index: int = 0, process_count: int = 1):
     size = config.image_size
-    self.num_classes = config.get('num_classes', 1000)
+    self.num_classes = config.num_classes
     self.image_shape = (size, size, 3)
     self.num_eval_examples = config.eval_batch_size
+    self.num_train_examples = None  # no epochs: the config gives num_train_steps
     rng = np.random.default_rng([config.seed, process_index])
 
     def batch(n):
@@ -257,6 +259,7 @@ class InceptionInput:
     self._process = (process_index, process_count)
     splits = self._builder.info.splits
     self.num_eval_examples = splits[config.eval_split].num_examples
+    self.num_train_examples = splits[config.train_split].num_examples
     # Every process runs as many eval steps as the one with the largest part.
     local = [splits[self._split(config.eval_split, i)].num_examples for i in range(process_count)]
     self._eval_batch_size = config.eval_batch_size // process_count

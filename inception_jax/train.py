@@ -80,17 +80,17 @@ def create_optimizer(config) -> optax.GradientTransformation:
   if config.optimizer == 'adam':
     tx = optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
   elif config.optimizer == 'sgd':
-    tx = optax.sgd(lr, momentum=config.get('momentum', 0.9), nesterov=config.get('nesterov', False))
+    tx = optax.sgd(lr, momentum=config.momentum, nesterov=config.nesterov)
   elif config.optimizer == 'rmsprop':
-    tx = optax.rmsprop(lr, decay=config.get('rmsprop_decay', 0.9), eps=config.get('rmsprop_eps', 1.0),
-                       momentum=config.get('momentum', 0.9), eps_in_sqrt=True, initial_scale=1.0)
+    tx = optax.rmsprop(lr, decay=config.rmsprop_decay, eps=config.rmsprop_eps, momentum=config.momentum,
+                       eps_in_sqrt=True, initial_scale=1.0)
   else:
     raise ValueError(f"Unknown optimizer {config.optimizer!r}; use 'adam', 'sgd' or 'rmsprop'.")
-  weight_decay = config.get('weight_decay', 0.0)
+  weight_decay = config.weight_decay
   if weight_decay:
     kernels = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
     tx = optax.chain(optax.add_decayed_weights(weight_decay, mask=kernels), tx)
-  for module, factor in config.get('lr_multipliers', {}).items():
+  for module, factor in config.lr_multipliers.items():
     if factor != 1:
       tx = optax.chain(tx, optax.masked(optax.scale(factor), functools.partial(_module_mask, module)))
   return tx
@@ -250,6 +250,32 @@ def evaluate(eval_fn, state, inputs, mesh) -> dict[str, float]:
           'loss': totals['loss_sum'] / count}
 
 
+def resolve_config(config: ml_collections.ConfigDict, num_train_examples: int | None) -> ml_collections.ConfigDict:
+  """A copy of `config` with its -1 sentinels derived (experiments/configs/default.py), the one place
+  where that happens: steps, warmup, decay and evaluation steps from epochs of
+  `num_train_examples` at global_batch_size, the learning rate by the linear scaling rule."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  needs_epochs = [f for f in ('num_train_steps', 'warmup_steps') if config[f] == -1]
+  if config.lr_decay_steps == -1 and config.lr_schedule == 'exponential':
+    needs_epochs.append('lr_decay_steps')
+  if config.eval_every_steps == -1 and config.eval_every_epochs > 0:
+    needs_epochs.append('eval_every_steps')
+  if needs_epochs and not num_train_examples:
+    raise ValueError(f'{", ".join(needs_epochs)} must be given in steps: dataset {config.dataset!r} has no epochs.')
+  steps = lambda epochs: max(round(epochs * num_train_examples / config.global_batch_size), 0)
+  if config.num_train_steps == -1:
+    config.num_train_steps = max(steps(config.num_epochs), 1)
+  if config.warmup_steps == -1:
+    config.warmup_steps = steps(config.warmup_epochs)
+  if 'lr_decay_steps' in needs_epochs:
+    config.lr_decay_steps = max(steps(config.lr_decay_epochs), 1)
+  if config.eval_every_steps == -1:
+    config.eval_every_steps = max(steps(config.eval_every_epochs), 1) if config.eval_every_epochs > 0 else 0
+  if config.learning_rate == -1:
+    config.learning_rate = config.base_learning_rate * config.global_batch_size / config.base_batch_size
+  return config
+
+
 def _check_config(config) -> None:
   if config.num_train_steps <= 0:
     raise ValueError(f'num_train_steps must be positive, got {config.num_train_steps}.')
@@ -357,26 +383,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
   data, all write the checkpoints together, and process 0 alone writes the metrics files.
   config.global_batch_size is the batch of one step over all devices of all processes.
   """
-  _check_config(config)
   os.makedirs(workdir, exist_ok=True)
-  mesh = parallel.make_mesh(config.get('num_devices', -1))
+  mesh = parallel.make_mesh(config.num_devices)
   parallel.check_batch_divisible(config.global_batch_size, mesh)
   parallel.check_batch_divisible(config.eval_batch_size, mesh, 'eval_batch_size')
 
   inputs = data_lib.create_input(config, jax.process_index(), jax.process_count())
+  config = resolve_config(config, inputs.num_train_examples)
+  _check_config(config)
   model = create_model(config, inputs.num_classes)
   tx = create_optimizer(config)
   schedule = learning_rate_schedule(config)  # for logging
   init = lambda: create_train_state(model, tx, inputs.image_shape, config.seed)
   abstract_state = jax.eval_shape(init)
   state_sharding = parallel.state_shardings(
-      abstract_state, mesh, shard_params=config.get('shard_params', False),
-      min_size=config.get('shard_min_size', parallel.SHARD_MIN_SIZE),
+      abstract_state, mesh, shard_params=config.shard_params, min_size=config.shard_min_size,
   )
 
   # The one place where steps are compiled. The state is donated: its buffers are reused.
   step_fn = functools.partial(
-      train_step, aux_loss_weight=config.aux_loss_weight, label_smoothing=config.get('label_smoothing', 0.0)
+      train_step, aux_loss_weight=config.aux_loss_weight, label_smoothing=config.label_smoothing
   )
   p_train_step = jax.jit(
       step_fn,

@@ -2,17 +2,18 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from experiments.configs import default
 from inception_jax import train
 
 
 def _config(**overrides):
-  config = {'optimizer': 'adam', 'learning_rate': 1e-2, 'lr_schedule': 'constant', 'warmup_steps': 0,
-            'num_train_steps': 10, 'adam_b1': 0.9, 'adam_b2': 0.999, 'adam_eps': 1e-8}
-  return ml_collections.ConfigDict(config | overrides)
+  config = default.get_config()
+  config.update({'optimizer': 'adam', 'learning_rate': 1e-2, 'lr_schedule': 'constant', 'warmup_steps': 0,
+                 'num_train_steps': 10} | overrides)
+  return config
 
 
 @pytest.mark.parametrize('optimizer', ['adam', 'sgd', 'rmsprop'])
