@@ -33,7 +33,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from inception_jax import models
-from inception_jax.models import googlenet, inception_resnet_v2, inception_v4
 
 _IGNORED_SUFFIXES = ('num_batches_tracked',)
 
@@ -86,6 +85,23 @@ def _flax_path(module: str, name: str, flat: Mapping[str, Any]) -> str | None:
   return next((c for c in candidates if c in flat), None)
 
 
+# Renames (regular expressions on the torch module path) where a Flax name reads better than
+# a Sequential index. torchvision's GoogLeNet Inception block: indices onto our branch names.
+GOOGLENET_TORCHVISION_RENAMES = (
+    (r'\.branch1\.', '.branch1x1.'),
+    (r'\.branch2\.0\.', '.branch3x3_reduce.'),
+    (r'\.branch2\.1\.', '.branch3x3.'),
+    (r'\.branch3\.0\.', '.branch5x5_reduce.'),
+    (r'\.branch3\.1\.', '.branch5x5.'),
+    (r'\.branch4\.1\.', '.branch_pool.'),
+)
+# timm's Inception v4 / Inception-ResNet-v2: a tower's Sequential index joins its name
+# (`repeat.3.branch1.0.conv` is our `repeat/3/branch1_0/conv`), as do v4's stem features.
+TIMM_BRANCH_RENAME = (r'\b(branch\d)\.(\d+)\b', r'\1_\2')
+INCEPTION_V4_TIMM_RENAMES = ((r'^features\.(\d+)\b', r'features_\1'), TIMM_BRANCH_RENAME)
+INCEPTION_RESNET_V2_TIMM_RENAMES = (TIMM_BRANCH_RENAME,)
+
+
 @dataclasses.dataclass(frozen=True)
 class WeightSource:
   """How one family of published weights maps onto a registered model."""
@@ -104,7 +120,7 @@ WEIGHT_SOURCES: dict[str, dict[str, WeightSource]] = {
         # asked for, since the file's are untrained.
         'torchvision': WeightSource(
             {'layout': 'torchvision', 'transform_input': True, 'drop_rate': 0.2},
-            googlenet.TORCHVISION_RENAMES,
+            GOOGLENET_TORCHVISION_RENAMES,
             aux_key='aux1.fc2.weight',
             untrained=r'aux\d\.',
         ),
@@ -116,8 +132,8 @@ WEIGHT_SOURCES: dict[str, dict[str, WeightSource]] = {
     'inception_v3_fid': {'pytorch_fid': WeightSource()},
     # timm's `*.tf_in1k` files have 1000 classes; older TF ports with 1001 (background
     # first) load as they are, the class count being read off the file.
-    'inception_v4': {'timm': WeightSource(renames=inception_v4.TORCH_RENAMES, classifier='last_linear')},
-    'inception_resnet_v2': {'timm': WeightSource(renames=inception_resnet_v2.TORCH_RENAMES, classifier='classif')},
+    'inception_v4': {'timm': WeightSource(renames=INCEPTION_V4_TIMM_RENAMES, classifier='last_linear')},
+    'inception_resnet_v2': {'timm': WeightSource(renames=INCEPTION_RESNET_V2_TIMM_RENAMES, classifier='classif')},
 }
 
 

@@ -45,7 +45,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments.configs import mnist_inception
+from experiments.configs import default, mnist_inception
 from inception_jax import analysis, data, models, parallel, train
 
 _MODEL = flags.DEFINE_string('model', 'mnist_inception', 'A registered model.')
@@ -168,9 +168,8 @@ def run(model_name: str, mode: str, batch_size: int, image_size: int | None = No
   image_shape = (size, size, model.in_channels)
   macs = sum(l.macs for l in analysis.count(models.create_model(model_name, **overrides), image_shape, train=False))
 
-  config = ml_collections.ConfigDict({
-      'optimizer': 'adam', 'learning_rate': 1e-3, 'lr_schedule': 'constant', 'warmup_steps': 0,
-      'num_train_steps': 1, 'adam_b1': 0.9, 'adam_b2': 0.999, 'adam_eps': 1e-8})
+  config = default.get_config()
+  config.update(optimizer='adam', learning_rate=1e-3, lr_schedule='constant', warmup_steps=0, num_train_steps=1)
   tx = train.create_optimizer(config)
   mesh = parallel.make_mesh()
   parallel.check_batch_divisible(batch_size, mesh, 'batch_size')
@@ -283,7 +282,7 @@ def input_pipeline(config: ml_collections.ConfigDict, steps: int = 100) -> dict:
   times = [wall for wall, _ in _time(one, steps)]
   seconds = statistics.median(times)
   return {
-      'mode': 'input', 'dataset': config.dataset, 'input_pipeline': config.get('input_pipeline', 'memory'),
+      'mode': 'input', 'dataset': config.dataset, 'input_pipeline': config.input_pipeline,
       'batch_size': batch_size, 'image_shape': list(inputs.image_shape), **_devices(),
       'images_per_sec': batch_size / seconds, 'batch_ms': 1e3 * seconds, 'batch_ms_max': 1e3 * max(times),
       'images_per_sec_overall': batch_size * steps / sum(times), 'batches': steps, 'setup_seconds': setup_seconds,

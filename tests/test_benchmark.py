@@ -91,7 +91,7 @@ def test_torch_googlenet_computes_our_paper_layout_with_aux_heads():
   reference = randomize(benchmark_nets.PaperGoogLeNet(), torch.randn(4, 3, 64, 64))
   model = models.create_model('googlenet')
   variables, missing, unexpected = convert.torch_to_flax(
-      numpy_state_dict(reference), variable_shapes(model), googlenet.TORCHVISION_RENAMES)
+      numpy_state_dict(reference), variable_shapes(model), convert.GOOGLENET_TORCHVISION_RENAMES)
   assert missing == [] and unexpected == []
 
   # 160x224: a 10x14 map before the aux heads, so their 5x5/3 pool gives 2x4, which the

@@ -61,18 +61,6 @@ WIDTHS = {
     'inception5b': (384, 192, 384, 48, 128, 128),
 }
 
-# convert.torch_to_flax renames, torchvision module path -> ours: its Inception block's
-# Sequential indices onto our branch names.
-TORCHVISION_RENAMES = (
-    (r'\.branch1\.', '.branch1x1.'),
-    (r'\.branch2\.0\.', '.branch3x3_reduce.'),
-    (r'\.branch2\.1\.', '.branch3x3.'),
-    (r'\.branch3\.0\.', '.branch5x5_reduce.'),
-    (r'\.branch3\.1\.', '.branch5x5.'),
-    (r'\.branch4\.1\.', '.branch_pool.'),
-)
-
-
 class GoogLeNetAux(nn.Module):
   """An auxiliary classifier: pool to 4x4, 1x1 conv 128, fc1 1024 + ReLU, dropout, fc2."""
 

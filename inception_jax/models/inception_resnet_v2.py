@@ -20,7 +20,7 @@ eps 1e-3, ReLU; padding 0 unless marked 'SAME'; pool towers average without coun
 padding. Each residual block ends in a 1x1 conv *with* bias and no BatchNorm (`conv2d`),
 whose output is scaled before it is added to the block's input. The three `repeat` stacks
 keep timm's nesting (`repeat/3/...` is `repeat.3....`); only the towers' Sequential indices
-are renamed (`branch1.0` -> `branch1_0`, `TORCH_RENAMES`).
+are renamed (`branch1.0` -> `branch1_0`, in inception_jax/convert.py).
 """
 
 from __future__ import annotations
@@ -33,14 +33,9 @@ import jax.numpy as jnp
 
 from inception_jax.models import pooling
 from inception_jax.models.blocks import Conv, ConvBlock, check_image_batch
-from inception_jax.models.inception_v4 import BRANCH_RENAME
 from inception_jax.models.pooling import avg_pool_3x3_s1, max_pool_3x3_s2
 
 ModuleDef = Any
-
-# For convert.torch_to_flax: a tower's Sequential index joins its name (timm's
-# `repeat.3.branch1.0.conv` is our `repeat/3/branch1_0/conv`).
-TORCH_RENAMES = (BRANCH_RENAME,)
 
 MIN_SIZE = 75  # the smallest input whose last reduction (mixed_7a) still leaves a 1x1 map
 

@@ -16,9 +16,9 @@ Learning", Szegedy et al., 2016) with timm's layout, so timm's `inception_v4` we
 Porting conventions: every conv is timm's `ConvNormAct` (conv without bias, BatchNorm eps
 1e-3, ReLU), padded as timm pads it (0 unless marked 'SAME'; every padded conv has stride 1
 and an odd kernel, where torch's `k // 2` padding equals 'SAME'); the pool towers average
-without counting the padding. Submodules carry timm's names; `TORCH_RENAMES` maps the two
-kinds of `nn.Sequential` index in its state_dict keys (`features.5`, `branch1.0`) onto ours
-(`features_5`, `branch1_0`).
+without counting the padding. Submodules carry timm's names; inception_jax/convert.py maps the
+two kinds of `nn.Sequential` index in its state_dict keys (`features.5`, `branch1.0`) onto
+ours (`features_5`, `branch1_0`).
 """
 
 from __future__ import annotations
@@ -34,10 +34,6 @@ from inception_jax.models.blocks import ConvBlock, check_image_batch
 from inception_jax.models.pooling import avg_pool_3x3_s1, max_pool_3x3_s2
 
 ModuleDef = Any
-
-# Regular expressions for convert.torch_to_flax: timm state_dict module path -> ours.
-BRANCH_RENAME = (r'\b(branch\d)\.(\d+)\b', r'\1_\2')
-TORCH_RENAMES = ((r'^features\.(\d+)\b', r'features_\1'), BRANCH_RENAME)
 
 MIN_SIZE = 75  # the smallest input whose last reduction still leaves a 1x1 map
 

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from inception_jax.models.registry import create_model
+
 
 def save_pretrained(path: str | os.PathLike, name: str, config: dict[str, Any], variables: Any, **metadata) -> None:
   """Writes `variables` of model `name` (built with `config`) to a new Orbax checkpoint at `path`.
@@ -45,8 +47,6 @@ def load_pretrained(name: str, path: str | os.PathLike, **overrides):
   `global_pool`, ...). Variables the model needs but the checkpoint lacks raise ValueError;
   ones it has but the model does not use are logged and dropped.
   """
-  from inception_jax.models import create_model  # the registry imports this module
-
   path = os.path.abspath(path)
   if not os.path.isdir(path):
     raise ValueError(

@@ -9,7 +9,7 @@ the tests that check them (torch is never a library dependency).
   names (torchvision_googlenet.py) with true 5x5 kernels, the seed's stem (3x3 conv2, no
   1x1 before it), 3x3/2 max pools with padding 1 rounding down, and the paper's 5x5/3
   average pool before the aux heads' adaptive one. Its state_dict maps with
-  `googlenet.TORCHVISION_RENAMES`.
+  `convert.GOOGLENET_TORCHVISION_RENAMES`.
 
 `build(name, model)` gives the torch network for one of our model instances;
 `train_step` and `eval_step` are torch's versions of `inception_jax.train`'s.
