@@ -435,7 +435,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     # Saved with every checkpoint after a rewind, so that rerunning the same command resumes.
     resumed_from = config.resume_from_step if config.resume_from_step >= 0 else meta.get('resumed_from', -1)
     num_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
-    logging.info('Model %s: %s parameters.', config.model.name, f'{num_params:,}')
+    logging.info('Run: %s (%s parameters) on %d %s device(s), %s %s (%s examples), step %d of %d at batch %d, in %s.',
+                 config.model.name, f'{num_params:,}', mesh.size, jax.devices()[0].platform.upper(), config.dataset,
+                 config.train_split, f'{inputs.num_train_examples:,}' if inputs.num_train_examples else 'no',
+                 step, config.num_train_steps, config.global_batch_size, workdir)
     writer = create_writer(workdir, step)
     if step == 0:
       writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
@@ -472,5 +475,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
       json.dump(final, f, indent=2)
-  logging.info('Final: %s', json.dumps(final))
+  logging.info('Done: test accuracy %.4f (top-5 %.4f), loss %.4f after %d steps, %.0f s of training. Files in %s: '
+               'final_metrics.json, metrics.jsonl, TensorBoard events, checkpoints/.', final['test_accuracy'],
+               final['test_top5_accuracy'], final['test_loss'], step, train_seconds, workdir)
   return state, final

@@ -281,3 +281,15 @@ def test_label_smoothing_exponential_decay_and_weight_decay_of_kernels_only(make
     np.testing.assert_array_equal(updates['conv']['bias'], 0)  # biases are not
   with pytest.raises(ValueError, match="Unknown optimizer 'lamb'"):
     train.create_optimizer(make_config(optimizer='lamb'))
+
+
+def test_plot_metrics_overlays_runs_in_one_png(tmp_path, finished_run):
+  from scripts import plot_metrics
+
+  other = tmp_path / 'other'
+  other.mkdir()
+  (other / 'metrics.jsonl').write_text('{"step": 2, "train_loss": 1.0, "train_accuracy": 0.5, "learning_rate": 0.1}\n{"step": 4, "tra')
+  plot_metrics.plot([str(finished_run[0]), str(other)], str(tmp_path / 'curves.png'))
+  assert (tmp_path / 'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  with pytest.raises(ValueError, match='has no metrics.jsonl'):
+    plot_metrics.plot([str(tmp_path)], str(tmp_path / 'none.png'))
