@@ -73,8 +73,9 @@ def fid_weights_file(cache_dir: str | None = None, url: str | None = None) -> st
   """
   url = url or FID_WEIGHTS_URL
   name = os.path.basename(url)
-  torch_home = os.environ.get('TORCH_HOME', os.path.join(os.path.expanduser('~'), '.cache', 'torch'))
-  cache_dir = cache_dir or os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser('~'), '.cache', 'inception_jax')
+  cache_home = os.environ.get('XDG_CACHE_HOME', os.path.join(os.path.expanduser('~'), '.cache'))
+  torch_home = os.environ.get('TORCH_HOME', os.path.join(cache_home, 'torch'))  # as torch.hub finds it
+  cache_dir = cache_dir or os.environ.get(CACHE_ENV) or os.path.join(cache_home, 'inception_jax')
   for folder in (os.path.join(torch_home, 'hub', 'checkpoints'), cache_dir):
     if os.path.isfile(os.path.join(folder, name)):
       return os.path.join(folder, name)
@@ -116,9 +117,9 @@ def load_fid_inception(weights: str | None = None):
     raise ValueError(f'--weights={weights}: no such file or folder.')
   model, variables, missing, _ = convert.convert_state_dict(
       'inception_v3_fid', torch_files.load_state_dict(weights), source='pytorch_fid')
-  if missing:
-    raise ValueError(f'{weights} is not pytorch-fid\'s FID Inception: {len(missing)} variable(s) missing, '
-                     f'e.g. {missing[0]}.')
+  if missing or model.num_classes != 1008:
+    raise ValueError(f'{weights} is not pytorch-fid\'s FID Inception ({model.num_classes} classes, not 1008; '
+                     f'{len(missing)} variable(s) missing).')
   return model, jax.tree.map(jnp.asarray, variables)
 
 
@@ -353,7 +354,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   if not all(np.isfinite(a).all() for a in (mu1, sigma1, mu2, sigma2)):
     raise ValueError('the statistics contain NaN or infinity.')
   # TPUs have no float64 eigendecomposition; elsewhere it runs where JAX runs.
-  device = jax.devices('cpu')[0] if jax.default_backend() == 'tpu' else jax.devices()[0]
+  device = jax.local_devices(backend='cpu' if jax.default_backend() == 'tpu' else None)[0]
   with jax.enable_x64(True):
     args = [jax.device_put(np.asarray(a, np.float64), device) for a in (mu1, sigma1, mu2, sigma2)]
     return float(_frechet(*args))
@@ -526,7 +527,8 @@ class TfdsImages:
     _, name, *split = spec.split(':', 2)
     self.name, self._split = spec, (split[0] if split else 'train')
     try:
-      builder = data.prepare(ml_collections.ConfigDict({'dataset': name}))
+      # The fields data.prepare reads; empty: TFDS's data dir, $TFDS_MANUAL_DIR.
+      builder = data.prepare(ml_collections.ConfigDict({'dataset': name, 'data_dir': '', 'manual_dir': ''}))
     except ValueError as e:  # data.prepare's message names the dataset and near names
       raise ValueError(f'{str(e).splitlines()[0].rstrip(".")} (in {spec}; the form is tfds:NAME[:SPLIT]).') from None
     except data.DatasetUnavailableError as e:
@@ -537,6 +539,8 @@ class TfdsImages:
       self.num_images = builder.info.splits[self._split].num_examples
     except Exception:  # pylint: disable=broad-except
       raise ValueError(f'{spec}: no split {self._split!r}; splits: {", ".join(builder.info.splits)}.') from None
+    if not self.num_images:
+      raise ValueError(f'{spec} holds no images.')
     dataset = builder.as_dataset(split=self._split, shuffle_files=False).map(lambda example: example['image'])
     self._images, self._position = dataset.as_numpy_iterator(), 0
     self._peeked = self._rgb(next(self._images))

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -83,12 +84,6 @@ def folders(tmp_path_factory):
 SMALL = dict(is_splits=3, kid_subsets=5, kid_subset_size=5)  # IS and KID defaults need 10 and 1000 images
 
 
-@pytest.fixture(scope='module')
-def ours(network, folders):
-  """What scripts.fid computes, from the .pth file."""
-  return metrics.calculate_metrics([folders.a, folders.b], metrics=('fid', 'is', 'kid'), weights=network.pth, **SMALL)
-
-
 # torch-fidelity 0.3.0, restated: metric_isc.py lines 11-34 and metric_kid.py lines 78-131, 134-179.
 
 
@@ -135,7 +130,9 @@ def torch_fidelity_kid(features_1, features_2, kid_subsets=100, kid_subset_size=
   return float(np.mean(mmds)), float(np.std(mmds))
 
 
-def test_fid_matches_pytorch_fid_end_to_end(network, folders, ours):
+def test_fid_matches_pytorch_fid_end_to_end(network, folders):
+  # What scripts.fid computes, from pytorch-fid's kind of weight file.
+  ours = metrics.calculate_metrics([folders.a, folders.b], metrics=('fid', 'is', 'kid'), weights=network.pth, **SMALL)
   extractor = fid_ref.InceptionV3(network.torch, output_blocks=(3,)).eval()  # pytorch-fid's, its weights replaced
   activations = [fid_score.get_activations(fid_score.image_files(p), extractor, 50, 2048, 'cpu', 0)
                  for p in (folders.a, folders.b)]
@@ -240,28 +237,26 @@ def test_kid_is_torch_fidelitys():
     metrics.kernel_inception_distance(f1, f2, subset_size=41)
 
 
-def test_cli_json_save_stats_and_every_kind_of_path(network, folders, ours, tmp_path, capsys):
-  # The converted folder gives what the .pth file gives; the last line of stdout is the JSON. (No
-  # FID here: a 2048-d one of 6 images takes seconds on this CPU, and the parity test has one.)
-  assert run_cli(folders.a, folders.b, f'--weights={network.converted}', '--metrics=is,kid', '--is_splits=3',
-                 '--kid_subsets=5', '--kid_subset_size=5', '--json') == 0
-  expected = {k: v for k, v in ours.items() if k != 'fid'}
-  assert json.loads(capsys.readouterr().out.splitlines()[-1]) == pytest.approx(expected, rel=1e-9)
-
-  # The rest at --dims=64: statistics files round trip, and an .npz of images reads like the folder.
-  def fid(*paths):
-    assert run_cli(*paths, '--dims=64', f'--weights={network.pth}', '--json') == 0
+def test_cli_json_save_stats_and_every_kind_of_path(network, folders, tmp_path, capsys):
+  # At --dims=64 (the stem only): the last line of stdout is the JSON; the converted folder gives
+  # what the .pth file gives; statistics files round trip; an .npz of images reads like the folder.
+  # (IS and KID at 2048 through the same calculate_metrics: the parity test.)
+  def run(*paths, weights=network.pth, metrics_flag='--metrics=fid,kid'):
+    assert run_cli(*paths, '--dims=64', f'--weights={weights}', metrics_flag, '--kid_subsets=5', '--kid_subset_size=5',
+                   '--json') == 0
     return json.loads(capsys.readouterr().out.splitlines()[-1])
 
+  direct = run(folders.a, folders.b)
+  assert set(direct) == {'fid', 'kid_mean', 'kid_std', 'num_images_1', 'num_images_2'} and direct['fid'] > 0
+  assert (direct['num_images_1'], direct['num_images_2']) == (6, 6)
+  assert run(folders.a, folders.b, weights=network.converted) == pytest.approx(direct, rel=1e-9)
   assert run_cli('--save_stats', folders.a, tmp_path / 'a.npz', '--dims=64', f'--weights={network.pth}') == 0
   assert 'statistics of 6 images, 64-d' in capsys.readouterr().out
   with np.load(tmp_path / 'a.npz', allow_pickle=False) as f:  # pytorch-fid's layout
     assert f['mu'].shape == (64,) and f['sigma'].shape == (64, 64) and f['sigma'].dtype == np.float64
+  assert run(tmp_path / 'a.npz', folders.b, metrics_flag='--metrics=fid')['fid'] == pytest.approx(direct['fid'], rel=1e-12)
   np.savez(tmp_path / 'a_images.npz', folders.a_images)  # arr_0, NHWC uint8
-  direct = fid(folders.a, folders.b)
-  assert direct['fid'] > 0 and direct['num_images_1'] == 6
-  assert fid(tmp_path / 'a.npz', folders.b)['fid'] == pytest.approx(direct['fid'], rel=1e-12)
-  assert fid(tmp_path / 'a_images.npz', folders.b) == pytest.approx(direct, rel=1e-12)
+  assert run(tmp_path / 'a_images.npz', folders.b) == pytest.approx(direct, rel=1e-12)
   assert run_cli('--save_stats', folders.a, tmp_path / 'a.npz', f'--weights={network.pth}') == 1
   assert 'a.npz exists' in capsys.readouterr().err
 
@@ -311,7 +306,7 @@ def test_bad_input_is_one_line_on_stderr(tmp_path, capsys, paths, message):
   assert run_cli(*[p if p.startswith('tfds:') else root / p for p in paths]) == 1
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith('error: '), err
-  assert __import__('re').search(message, err[0].removeprefix('error: ')), err[0]
+  assert re.search(message, err[0].removeprefix('error: ')), err[0]
 
 
 def test_cli_errors_exit_with_status_1_and_no_traceback(tmp_path):
