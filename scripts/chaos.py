@@ -78,7 +78,6 @@ def run_chaos(kills: int, sigterms: int, workdir: str, overrides: list[str], *, 
   process = launch(module, reference, overrides, os.path.join(workdir, 'reference.log'))
   if process.wait(timeout) != 0:
     raise RuntimeError(f'The uninterrupted run failed; see {workdir}/reference.log')
-  run_seconds = time.monotonic() - start
 
   train_seconds = json.load(open(os.path.join(reference, 'final_metrics.json')))['train_seconds']
 

@@ -81,20 +81,6 @@ def test_every_size_from_15_works_with_the_same_weights_and_keys(layout):
   assert train_logits.shape == (2, 1000) and list(train_features) == keys
 
 
-@pytest.mark.parametrize(
-    'shape, message',
-    [
-        ((224, 224, 3), 'Add a batch axis'),
-        ((1, 224, 224, 1), 'expects 3 input channel'),
-        ((1, 3, 224, 224), 'NHWC'),
-        ((1, 14, 64, 3), 'at least 15x15'),
-    ],
-)
-def test_bad_inputs_get_clear_errors(shape, message):
-  with pytest.raises(ValueError, match=message):
-    abstract_apply(GoogLeNet(), shapes(), shape)
-
-
 def test_options_num_classes_pool_and_dtype():
   variables = shapes(num_classes=0)
   logits, features = abstract_apply(GoogLeNet(num_classes=0), variables, (2, 64, 64, 3))

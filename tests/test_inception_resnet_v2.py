@@ -102,17 +102,3 @@ def test_training_features_options_and_dtypes():
   assert ('batch_stats', 'repeat', '3', 'branch1_0', 'bn', 'var') in stored
   assert ('params', 'block8', 'conv2d', 'bias') in stored
   assert not any('classif' in path for path in stored)
-
-
-@pytest.mark.parametrize(
-    'shape, message',
-    [
-        ((75, 75, 3), 'Add a batch axis'),
-        ((1, 75, 75, 4), 'expects 3 input channel'),
-        ((1, 3, 75, 75), 'NHWC'),
-        ((1, 299, 74, 3), 'at least 75x75'),
-    ],
-)
-def test_rejects_bad_images(shape, message):
-  with pytest.raises(ValueError, match=message):
-    variable_shapes(InceptionResnetV2(), shape)

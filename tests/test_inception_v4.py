@@ -103,20 +103,6 @@ def test_training_features_options_and_dtypes():
   assert not any('last_linear' in path for path in stored)
 
 
-@pytest.mark.parametrize(
-    'shape, message',
-    [
-        ((75, 75, 3), 'Add a batch axis'),
-        ((1, 75, 75, 1), 'expects 3 input channel'),
-        ((1, 3, 75, 75), 'NHWC'),
-        ((1, 74, 299, 3), 'at least 75x75'),
-    ],
-)
-def test_rejects_bad_images(shape, message):
-  with pytest.raises(ValueError, match=message):
-    variable_shapes(InceptionV4(), shape)
-
-
 def test_global_pools_match_timm():
   # timm's 'avgmax' is the mean of the two pools, not their concatenation ('catavgmax').
   x = torch.randn(2, 5, 9, 7)
