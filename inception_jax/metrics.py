@@ -389,8 +389,8 @@ def kernel_inception_distance(features1, features2, *, subsets: int = KID_SUBSET
                               degree: int = KID_DEGREE, gamma: float | None = None, coef0: float = KID_COEF0,
                               seed: int = SEED) -> tuple[float, float]:
   """(mean, std) of the unbiased MMD^2 with the kernel (gamma x.y + coef0)^degree over `subsets`
-  random subsets, as torch-fidelity's `kid_features_to_metric` (metric_kid.py, lines 134-179,
-  with `mmd2` and `polynomial_kernel` of lines 16-68): one `np.random.RandomState(seed)`, each
+  random subsets, as torch-fidelity's `kid_features_to_metric` (metric_kid.py, lines 72-117,
+  with `mmd2` and `polynomial_kernel` of lines 16-62): one `np.random.RandomState(seed)`, each
   subset drawn by `choice(n, subset_size, replace=False)` from the first set, then the second.
   Computed in float64 (torch-fidelity: float32)."""
   f1, f2 = np.asarray(features1, np.float64), np.asarray(features2, np.float64)

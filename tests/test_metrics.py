@@ -78,13 +78,14 @@ def folders(tmp_path_factory):
   root, rng = tmp_path_factory.mktemp('images'), np.random.default_rng(0)
   a = rng.integers(0, 256, (6, 40, 48, 3), np.uint8)
   b = np.clip(rng.normal(150, 40, (6, 40, 48, 3)), 0, 255).astype(np.uint8)
-  return types.SimpleNamespace(a=str(write_pngs(root / 'a', a)), b=str(write_pngs(root / 'b', b)), a_images=a, root=root)
+  return types.SimpleNamespace(a=str(write_pngs(root / 'a', a)), b=str(write_pngs(root / 'b', b)), a_images=a)
 
 
 SMALL = dict(is_splits=3, kid_subsets=5, kid_subset_size=5)  # IS and KID defaults need 10 and 1000 images
 
 
-# torch-fidelity 0.3.0, restated: metric_isc.py lines 11-34 and metric_kid.py lines 78-131, 134-179.
+# torch-fidelity 0.3.0, restated: metric_isc.py lines 11-34; metric_kid.py lines 16-62 (mmd2, unbiased;
+# polynomial_kernel) and 72-117 (kid_features_to_metric).
 
 
 def torch_fidelity_isc(feature, splits=10, shuffle=True, rng_seed=2020):
@@ -254,7 +255,8 @@ def test_cli_json_save_stats_and_every_kind_of_path(network, folders, tmp_path, 
   assert 'statistics of 6 images, 64-d' in capsys.readouterr().out
   with np.load(tmp_path / 'a.npz', allow_pickle=False) as f:  # pytorch-fid's layout
     assert f['mu'].shape == (64,) and f['sigma'].shape == (64, 64) and f['sigma'].dtype == np.float64
-  assert run(tmp_path / 'a.npz', folders.b, metrics_flag='--metrics=fid')['fid'] == pytest.approx(direct['fid'], rel=1e-12)
+  from_file = run(tmp_path / 'a.npz', folders.b, metrics_flag='--metrics=fid')
+  assert from_file['fid'] == pytest.approx(direct['fid'], rel=1e-12)
   np.savez(tmp_path / 'a_images.npz', folders.a_images)  # arr_0, NHWC uint8
   assert run(tmp_path / 'a_images.npz', folders.b) == pytest.approx(direct, rel=1e-12)
   assert run_cli('--save_stats', folders.a, tmp_path / 'a.npz', f'--weights={network.pth}') == 1
@@ -273,7 +275,8 @@ def test_npz_images_stream_in_ranges_and_tfds_splits_read_in_order(tmp_path):
   import tensorflow_datasets as tfds
 
   mnist = metrics.open_path('tfds:mnist:test[:5]')
-  expected = np.stack([e['image'] for e in tfds.load('mnist', split='test[:5]', shuffle_files=False).as_numpy_iterator()])
+  dataset = tfds.load('mnist', split='test[:5]', shuffle_files=False)
+  expected = np.stack([example['image'] for example in dataset.as_numpy_iterator()])
   assert (mnist.num_images, mnist.image_shape) == (5, (28, 28, 3))
   np.testing.assert_array_equal(mnist.read(0, 2), np.repeat(expected[:2], 3, axis=-1))
   np.testing.assert_array_equal(mnist.read(3, 5)[..., 1], expected[3:5, ..., 0])
