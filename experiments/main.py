@@ -46,6 +46,9 @@ def run(default_config: str, default_workdir: str) -> None:
     if flags.FLAGS.verbosity < 1:  # our progress lines; the libraries' INFO lines only with --verbosity=1
       logging.set_verbosity(logging.INFO)
       logging.get_absl_handler().addFilter(_own_info_only)
+      # After a failed restore, Orbax's abandoned reads print "Exception ignored in ...: Event loop
+      # is closed" tracebacks as the interpreter exits: ignored by definition, and not the error.
+      sys.unraisablehook = lambda unraisable: None
     try:
       parallel.initialize_distributed(coordinator.value, num_processes.value, process_id.value, auto=auto.value)
       train.train_and_evaluate(config.value, workdir.value)

@@ -1,11 +1,10 @@
 """Two real processes on localhost, joined by jax.distributed with CPU collectives, train,
-checkpoint, resume and end where one process does."""
+checkpoint, resume, save together on a SIGTERM to one of them, and end where one process does."""
 
 import json
 import os
 import pathlib
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -84,13 +83,11 @@ def test_two_processes_train_checkpoint_resume_and_match_one(tmp_path):
   stopped = [re.findall(r'process \d: Stopped by SIGTERM after saving step (\d+)', out) for out in outputs]
   assert stopped[0] == stopped[1] and len(stopped[0]) == 1 and int(stopped[0][0]) >= 6, outputs[0][-3000:]
   assert str(int(stopped[0][0])) in os.listdir(workdir / 'checkpoints')
-  for step in os.listdir(workdir / 'checkpoints'):  # back to step 4 for the comparison below
-    if int(step) > 4:
-      shutil.rmtree(workdir / 'checkpoints' / step)
+  saved = int(stopped[0][0])
 
-  single, single_final = train.train_and_evaluate(config_for_test(4), str(tmp_path / 'one'))
+  single, _ = train.train_and_evaluate(config_for_test(saved), str(tmp_path / 'one'))
 
-  # The processes' step-4 checkpoint holds the state one process reaches.
+  # The step the processes saved on SIGTERM holds the state one process reaches.
   checkpointer = checkpoint.Checkpointer(str(workdir / 'checkpoints'), save_every_steps=2, keep=2)
   restored, _ = checkpointer.restore(checkpoint.abstract_with_shardings(single, jax.tree.map(lambda x: x.sharding, single)))
   checkpointer.close()
@@ -103,8 +100,7 @@ def test_two_processes_train_checkpoint_resume_and_match_one(tmp_path):
     return [(line['step'], line['train_loss']) for line in lines if 'train_loss' in line]
 
   two, one = losses(workdir), losses(tmp_path / 'one')
-  assert [s for s, _ in two] == [s for s, _ in one] == [1, 2, 3, 4]
+  assert [s for s, _ in two] == [s for s, _ in one] == list(range(1, saved + 1))
   np.testing.assert_allclose([v for _, v in two], [v for _, v in one], rtol=1e-5)
-  final = json.loads((workdir / 'final_metrics.json').read_text())
-  assert final['devices'].startswith('4 x ')
-  np.testing.assert_allclose(final['test_accuracy'], single_final['test_accuracy'], atol=1 / 256)
+  final = json.loads((workdir / 'final_metrics.json').read_text())  # written at step 4
+  assert final['devices'].startswith('4 x ') and final['step'] == 4
