@@ -19,7 +19,7 @@ gradient, weight gradient).
 glibc's malloc settings in the environment (MALLOC_ARENA_MAX, ...; README, "Performance")
 apply to both frameworks alike; the JSON lines report them as malloc_settings.
 
---compare_torch times the same network in PyTorch eager (tests/torch_refs/benchmark_nets.py:
+--compare_torch times the same network in PyTorch eager (scripts/torch_refs/benchmark_nets.py:
 same structure and parameter count, checked; Adam for training, eval mode and
 `torch.inference_mode` for evaluation) in the same process, alternating one JAX and one
 torch step (in alternating order), so noise on this shared machine hits both alike.
@@ -30,10 +30,8 @@ from __future__ import annotations
 import functools
 import json
 import os
-import pathlib
 import resource
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -113,10 +111,7 @@ def _torch():
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise RuntimeError(f'--compare_torch {TORCH_MISSING}.') from e
-  tests = str(pathlib.Path(__file__).resolve().parents[1] / 'tests')
-  if tests not in sys.path:
-    sys.path.append(tests)  # where the tests import torch_refs from
-  from torch_refs import benchmark_nets  # pylint: disable=g-import-not-at-top
+  from scripts.torch_refs import benchmark_nets  # pylint: disable=g-import-not-at-top
 
   torch.set_num_threads(os.cpu_count())
   return torch, benchmark_nets

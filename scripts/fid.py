@@ -12,7 +12,7 @@ downloaded once (sha256-checked) into ~/.cache/inception_jax. Errors in the inpu
 line on stderr and exit status 1. With --json the last line of stdout is one JSON object.
 
 --benchmark prints JSON lines: feature extraction images/s of the jitted step against
-pytorch-fid's network in PyTorch eager (tests/torch_refs; needs the test extra), the same
+pytorch-fid's network in PyTorch eager (scripts/torch_refs; needs the test extra), the same
 weights and the same uint8 batch, steps alternating; then the peak host memory after
 streaming N synthetic images through the whole pipeline, for each N of --benchmark_sizes.
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import resource
 import statistics
 import sys
@@ -106,10 +105,7 @@ def _rss_gb() -> tuple[float, float]:
 def _torch():
   import torch  # pylint: disable=g-import-not-at-top  (the test extra)
 
-  tests = str(pathlib.Path(__file__).resolve().parents[1] / 'tests')
-  if tests not in sys.path:
-    sys.path.append(tests)  # where torch_refs lives
-  from torch_refs import numpy_state_dict, pytorch_fid_inception, randomize  # pylint: disable=g-import-not-at-top
+  from scripts.torch_refs import numpy_state_dict, pytorch_fid_inception, randomize  # pylint: disable=g-import-not-at-top
 
   torch.set_num_threads(os.cpu_count())
   return torch, pytorch_fid_inception, numpy_state_dict, randomize

@@ -1,5 +1,5 @@
 """scripts.benchmark: the fields of its JSON lines, and the PyTorch networks it compares with
-(tests/torch_refs/benchmark_nets.py): our parameter counts, and our functions given our weights."""
+(scripts/torch_refs/benchmark_nets.py): our parameter counts, and our functions given our weights."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ import pytest
 import torch
 from absl import flags
 from model_utils import cheap_jit, variable_shapes
-from torch_refs import benchmark_nets, nchw, numpy_state_dict, randomize
+from scripts.torch_refs import benchmark_nets, nchw, numpy_state_dict, randomize
 
 from inception_jax import convert, models
-from inception_jax.models import googlenet
 from scripts import benchmark
 
 # The script's flags belong to its command line; the functions tested here take arguments.

@@ -15,9 +15,9 @@ from absl import flags
 
 from inception_jax import convert, models, torch_files
 from scripts import convert_weights
-from torch_refs import numpy_state_dict
-from torch_refs import torchvision_googlenet as tv_googlenet
-from torch_refs import torchvision_inception as tv_inception
+from scripts.torch_refs import numpy_state_dict
+from scripts.torch_refs import torchvision_googlenet as tv_googlenet
+from scripts.torch_refs import torchvision_inception as tv_inception
 
 
 def awkward_state_dict():

@@ -1,5 +1,5 @@
 """GoogLeNet: seed 002's check, published parameter and multiply-add counts, and parity
-with torchvision's GoogLeNet (tests/torch_refs/torchvision_googlenet.py, torchvision 0.20)."""
+with torchvision's GoogLeNet (scripts/torch_refs/torchvision_googlenet.py, torchvision 0.20)."""
 
 import functools
 
@@ -12,8 +12,8 @@ import torch
 from inception_jax import analysis, convert
 from inception_jax.models.googlenet import GoogLeNet
 from model_utils import abstract_apply, cheap_jit, param_count, random_variables, variable_shapes
-from torch_refs import nchw, numpy_state_dict, randomize
-from torch_refs import torchvision_googlenet as tv_googlenet
+from scripts.torch_refs import nchw, numpy_state_dict, randomize
+from scripts.torch_refs import torchvision_googlenet as tv_googlenet
 
 @functools.cache
 def shapes(**fields):

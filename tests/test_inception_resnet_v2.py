@@ -1,6 +1,6 @@
 """Inception-ResNet-v2 against timm's: parameters, multiply-adds, numerical parity, the API.
 
-The reference is tests/torch_refs/timm_inception_resnet_v2.py (timm's module structure and
+The reference is scripts/torch_refs/timm_inception_resnet_v2.py (timm's module structure and
 state_dict keys). The network is big for a 2-core CI machine: one jitted apply per input
 size (compiled without LLVM's optimizations), batch 1, sizes near the 75x75 minimum.
 """
@@ -18,7 +18,7 @@ from inception_jax import analysis, convert
 from inception_jax.convert import INCEPTION_RESNET_V2_TIMM_RENAMES as TORCH_RENAMES
 from inception_jax.models.inception_resnet_v2 import InceptionResnetV2
 from model_utils import cheap_jit, variable_shapes
-from torch_refs import randomize, timm_inception_resnet_v2
+from scripts.torch_refs import randomize, timm_inception_resnet_v2
 
 
 # timm's feature_info taps, then the pooled features; the same in training and evaluation.

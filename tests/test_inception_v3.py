@@ -1,6 +1,6 @@
 """Inception v3 and the FID Inception: published parameter and multiply-add counts, and
-parity with torchvision's Inception3 (tests/torch_refs/torchvision_inception.py,
-torchvision 0.20) and pytorch-fid's (tests/torch_refs/pytorch_fid_inception.py, 0.3.0)."""
+parity with torchvision's Inception3 (scripts/torch_refs/torchvision_inception.py,
+torchvision 0.20) and pytorch-fid's (scripts/torch_refs/pytorch_fid_inception.py, 0.3.0)."""
 
 import functools
 
@@ -14,9 +14,9 @@ from inception_jax import analysis, convert, preprocess
 from inception_jax.models import inception_v3
 from inception_jax.models.inception_v3 import InceptionV3
 from model_utils import abstract_apply, cheap_jit, param_count, variable_shapes
-from torch_refs import nchw, numpy_state_dict, randomize
-from torch_refs import pytorch_fid_inception as fid_ref
-from torch_refs import torchvision_inception as tv_inception
+from scripts.torch_refs import nchw, numpy_state_dict, randomize
+from scripts.torch_refs import pytorch_fid_inception as fid_ref
+from scripts.torch_refs import torchvision_inception as tv_inception
 
 
 @functools.cache

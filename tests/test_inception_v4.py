@@ -1,6 +1,6 @@
 """Inception-v4 against timm's: parameters, multiply-adds, numerical parity, the API.
 
-The reference is tests/torch_refs/timm_inception_v4.py (timm 1.0.x's module structure and
+The reference is scripts/torch_refs/timm_inception_v4.py (timm 1.0.x's module structure and
 state_dict keys). The network is big for a 2-core CI machine: one jitted apply per input
 size (compiled without LLVM's optimizations), batch 1, sizes near the 75x75 minimum.
 """
@@ -19,7 +19,7 @@ from inception_jax.models import pooling
 from inception_jax.convert import INCEPTION_V4_TIMM_RENAMES as TORCH_RENAMES
 from inception_jax.models.inception_v4 import InceptionV4
 from model_utils import cheap_jit, variable_shapes
-from torch_refs import randomize, timm_inception_v4
+from scripts.torch_refs import randomize, timm_inception_v4
 
 
 # timm's feature_info taps, then the pooled features; the same in training and evaluation.

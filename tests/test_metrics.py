@@ -1,5 +1,5 @@
 """FID, Inception Score and KID (inception_jax.metrics, scripts.fid): parity with pytorch-fid 0.3.0
-end to end (tests/torch_refs/pytorch_fid_metrics.py: pytorch-fid needs torchvision, which does not
+end to end (scripts/torch_refs/pytorch_fid_metrics.py: pytorch-fid needs torchvision, which does not
 install beside this torch, so its fid_score.py is re-typed line by line), torch-fidelity 0.3.0's
 formulas restated, the same FID for any batch size, device count, statistics round trip or
 number of processes, and one-line errors."""
@@ -20,9 +20,9 @@ import pytest
 import torch
 from absl import flags
 from PIL import Image
-from torch_refs import numpy_state_dict, randomize
-from torch_refs import pytorch_fid_inception as fid_ref
-from torch_refs import pytorch_fid_metrics as fid_score
+from scripts.torch_refs import numpy_state_dict, randomize
+from scripts.torch_refs import pytorch_fid_inception as fid_ref
+from scripts.torch_refs import pytorch_fid_metrics as fid_score
 
 from inception_jax import convert, metrics, parallel
 from inception_jax.models import pretrained

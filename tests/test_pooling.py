@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from inception_jax.models import pooling
-from torch_refs import nchw
+from scripts.torch_refs import nchw
 
 
 def nhwc(t):

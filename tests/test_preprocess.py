@@ -2,8 +2,8 @@
 
 import numpy as np
 import torch
-from torch_refs import nchw
-from torch_refs import torchvision_inception as tv_inception
+from scripts.torch_refs import nchw
+from scripts.torch_refs import torchvision_inception as tv_inception
 
 from inception_jax import preprocess
 

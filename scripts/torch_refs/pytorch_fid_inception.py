@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torch_refs import torchvision_inception as tv
+from scripts.torch_refs import torchvision_inception as tv
 
 
 class InceptionV3(nn.Module):

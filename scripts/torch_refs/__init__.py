@@ -1,4 +1,5 @@
-"""PyTorch reference networks for the parity tests (test-only; torch is never a library dependency).
+"""PyTorch reference networks for the parity tests and the benchmarks (torch is never a library
+dependency: it comes with the test extra).
 
 torchvision and pytorch-fid cannot be installed beside this machine's torch, so these files
 re-type their published module structure and forward passes, keeping every module name and

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torch_refs import torchvision_googlenet as tv
+from scripts.torch_refs import torchvision_googlenet as tv
 
 
 class ConvBlock(nn.Module):
