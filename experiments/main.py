@@ -23,8 +23,9 @@ from inception_jax import interrupts, parallel, train
 def run(default_config: str, default_workdir: str) -> None:
   """Defines the flags with these defaults and runs `train.train_and_evaluate`."""
   try:  # config_flags reads the overrides off sys.argv here already
-    config = config_flags.DEFINE_config_file('config', default_config, 'Training config file[:variant].',
-                                             lock_config=True)
+    config = config_flags.DEFINE_config_file(
+        'config', default_config, 'Training config file[:variant].', lock_config=True
+    )
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     _bad_override(e)
   workdir = flags.DEFINE_string('workdir', default_workdir, 'Checkpoints, logs and final_metrics.json go here.')
@@ -81,17 +82,26 @@ def _bad_override(e: Exception) -> None:
   text = str(e).replace('\\n', ' ').replace("\\'", "'")
   suggestion = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
   if suggestion:
-    _exit_with(f'error: the config has no field {suggestion[2]!r}; did you mean {suggestion[1]!r}? '
-               '--print_config lists every field.', 2)
-  _exit_with(f'error: a --config override was not accepted ({type(e).__name__}: {_one_line(text.strip(chr(34) + chr(39)))}); '
-             '--print_config lists every field.', 2)
+    _exit_with(
+        f'error: the config has no field {suggestion[2]!r}; did you mean {suggestion[1]!r}? '
+        '--print_config lists every field.',
+        2,
+    )
+  _exit_with(
+      f'error: a --config override was not accepted ({type(e).__name__}: {_one_line(text.strip(chr(34) + chr(39)))}); '
+      '--print_config lists every field.',
+      2,
+  )
 
 
 def _one_line(error) -> str:
   lines = str(error).strip().splitlines()
   text = lines[0] if lines else type(error).__name__
-  return text if isinstance(error, (str, ValueError, RuntimeError, OSError, FloatingPointError)) else (
-      f'{type(error).__name__}: {text}')
+  return (
+      text
+      if isinstance(error, (str, ValueError, RuntimeError, OSError, FloatingPointError))
+      else (f'{type(error).__name__}: {text}')
+  )
 
 
 def _exit_with(message: str, status: int) -> None:

@@ -112,5 +112,7 @@ def format_table(layers: list[Layer]) -> str:
   for l in layers:
     shape = 'x'.join(map(str, l.output_shape)) if l.output_shape else '-'
     lines.append(f'{l.name:<{width}}  {shape:>16}  {l.params:>13,}  {l.macs:>15,}')
-  lines.append(f'{"total":<{width}}  {"":>16}  {sum(l.params for l in layers):>13,}  {sum(l.macs for l in layers):>15,}')
+  lines.append(
+      f'{"total":<{width}}  {"":>16}  {sum(l.params for l in layers):>13,}  {sum(l.macs for l in layers):>15,}'
+  )
   return '\n'.join(lines)

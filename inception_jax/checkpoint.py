@@ -44,7 +44,8 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True,
+            max_to_keep=keep,
+            create=True,
             cleanup_tmp_directories=True,
         ),
         item_names=('state', 'meta'),

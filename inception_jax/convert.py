@@ -145,7 +145,9 @@ def convert_state_dict(name: str, state_dict: Mapping[str, Any], *, source: str 
   `aux_logits=True`, as torchvision's GoogLeNet builder does).
   """
   if name not in WEIGHT_SOURCES:
-    raise ValueError(f'No weight conversion for model {name!r}. Convertible models: {", ".join(sorted(WEIGHT_SOURCES))}.')
+    raise ValueError(
+        f'No weight conversion for model {name!r}. Convertible models: {", ".join(sorted(WEIGHT_SOURCES))}.'
+    )
   sources = WEIGHT_SOURCES[name]
   source = source or next(iter(sources))
   if source not in sources:
@@ -162,7 +164,9 @@ def convert_state_dict(name: str, state_dict: Mapping[str, Any], *, source: str 
   if spec.untrained is not None and not model.aux_logits:
     state_dict = {k: v for k, v in state_dict.items() if not re.match(spec.untrained, k)}
   template = jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, model.image_size, model.image_size, model.in_channels)), train=False)
+      lambda: model.init(
+          jax.random.PRNGKey(0), jnp.zeros((1, model.image_size, model.image_size, model.in_channels)), train=False
+      )
   )
   variables, missing, unexpected = torch_to_flax(state_dict, template, spec.renames)
   return model, variables, missing, unexpected
@@ -172,7 +176,9 @@ def model_config(model) -> dict[str, Any]:
   """The JSON-serializable fields of `model` that differ from their defaults (what a checkpoint records)."""
   out = {}
   for field in dataclasses.fields(model):
-    if field.name in ('parent', 'name') or not isinstance(getattr(model, field.name), (bool, int, float, str, type(None))):
+    if field.name in ('parent', 'name') or not isinstance(
+        getattr(model, field.name), (bool, int, float, str, type(None))
+    ):
       continue
     if field.default is dataclasses.MISSING or getattr(model, field.name) != field.default:
       out[field.name] = getattr(model, field.name)

@@ -61,8 +61,10 @@ def prepare(config):
     builder = tfds.builder(config.dataset, data_dir=config.data_dir or None)
   except Exception as e:  # TFDS raises several types for an unknown name, with pages of text.
     close = difflib.get_close_matches(config.dataset, tfds.list_builders(), n=3)
-    raise ValueError(f'Unknown TFDS dataset {config.dataset!r}' + (f'; did you mean {", ".join(close)}?' if close else
-                     '; tfds.list_builders() names them all.')) from e
+    raise ValueError(
+        f'Unknown TFDS dataset {config.dataset!r}'
+        + (f'; did you mean {", ".join(close)}?' if close else '; tfds.list_builders() names them all.')
+    ) from e
   folder = manual_dir(config)
   hint = (
       f'To prepare it offline, put its files (for mnist: train-images-idx3-ubyte.gz, '
@@ -122,8 +124,14 @@ class TrainBatches:
   batches an uninterrupted one would have.
   """
 
-  def __init__(self, data: dict[str, np.ndarray], global_batch_size: int, seed: int,
-               process_index: int = 0, process_count: int = 1):
+  def __init__(
+      self,
+      data: dict[str, np.ndarray],
+      global_batch_size: int,
+      seed: int,
+      process_index: int = 0,
+      process_count: int = 1,
+  ):
     n = len(data['label'])
     if global_batch_size > n:
       raise ValueError(f'global_batch_size={global_batch_size} exceeds the {n} training examples.')
@@ -137,14 +145,15 @@ class TrainBatches:
     return {k: v[indices] for k, v in self._data.items()}
 
 
-def eval_batches(data: dict[str, np.ndarray], batch_size: int,
-                 process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(
+    data: dict[str, np.ndarray], batch_size: int, process_index: int = 0, process_count: int = 1
+) -> Iterator[dict[str, np.ndarray]]:
   """The whole split in order, the last batch padded; 'mask' marks the real examples."""
   n = len(data['label'])
   per_process = batch_size // process_count
   local = slice(process_index * per_process, (process_index + 1) * per_process)
   for start in range(0, n, batch_size):
-    batch = _pad({k: v[start:start + batch_size] for k, v in data.items()}, batch_size)
+    batch = _pad({k: v[start : start + batch_size] for k, v in data.items()}, batch_size)
     yield {k: v[local] for k, v in batch.items()}
 
 
@@ -208,12 +217,15 @@ class SyntheticInput:
     rng = np.random.default_rng([config.seed, process_index])
 
     def batch(n):
-      return {'image': rng.standard_normal((n, *self.image_shape), np.float32),
-              'label': rng.integers(0, self.num_classes, n).astype(np.int32)}
+      return {
+          'image': rng.standard_normal((n, *self.image_shape), np.float32),
+          'label': rng.integers(0, self.num_classes, n).astype(np.int32),
+      }
 
     self._train = batch(config.global_batch_size // process_count)
     self._eval = batch(config.eval_batch_size // process_count) | {
-        'mask': np.ones(config.eval_batch_size // process_count, np.float32)}
+        'mask': np.ones(config.eval_batch_size // process_count, np.float32)
+    }
 
   def train_batches(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
     del start_step
@@ -288,10 +300,15 @@ class InceptionInput:
     ds = ds.shuffle(config.shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True).repeat().enumerate()
 
     def example(index, features):
-      crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(tf.stack([tf.constant(seed, tf.int64), index]), 2))
+      crop_seed, flip_seed = tf.unstack(
+          tf.random.experimental.stateless_split(tf.stack([tf.constant(seed, tf.int64), index]), 2)
+      )
       image = preprocess.random_resized_crop(
-          features['image'], config.image_size, crop_seed,
-          area_range=tuple(config.crop_area_range), aspect_ratio_range=tuple(config.crop_aspect_ratio_range),
+          features['image'],
+          config.image_size,
+          crop_seed,
+          area_range=tuple(config.crop_area_range),
+          aspect_ratio_range=tuple(config.crop_aspect_ratio_range),
       )
       if config.random_flip:
         image = tf.image.stateless_random_flip_left_right(image, flip_seed)
@@ -306,11 +323,16 @@ class InceptionInput:
 
     config, n = self._config, self._eval_batch_size
     ds = self._builder.as_dataset(split=self._split(config.eval_split), shuffle_files=False)
-    ds = ds.map(lambda f: self._finish(preprocess.resize_center_crop(f['image'], config.image_size,
-                                                                      config.eval_crop_fraction), f['label']),
-                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(
+        lambda f: self._finish(
+            preprocess.resize_center_crop(f['image'], config.image_size, config.eval_crop_fraction), f['label']
+        ),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
     batches = iter(self._tfds.as_numpy(ds.batch(n).prefetch(tf.data.AUTOTUNE)))
     for _ in range(self._num_eval_batches):
-      batch = next(batches, None) or {'image': np.zeros((0, *self.image_shape), np.float32),
-                                      'label': np.zeros((0,), np.int32)}
+      batch = next(batches, None) or {
+          'image': np.zeros((0, *self.image_shape), np.float32),
+          'label': np.zeros((0,), np.int32),
+      }
       yield _pad(batch, n)

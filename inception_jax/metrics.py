@@ -91,12 +91,16 @@ def fid_weights_file(cache_dir: str | None = None, url: str | None = None) -> st
     # torch.hub's check: the hex digits after the last '-' of the name start the sha256.
     prefix = re.search(r'-([a-f0-9]+)\.', name)
     if prefix and not digest.hexdigest().startswith(prefix.group(1)):
-      raise ValueError(f'{url} downloaded with sha256 {digest.hexdigest()[:16]}..., not {prefix.group(1)}...: '
-                       'a damaged or different file; not kept.')
+      raise ValueError(
+          f'{url} downloaded with sha256 {digest.hexdigest()[:16]}..., not {prefix.group(1)}...: '
+          'a damaged or different file; not kept.'
+      )
     os.replace(partial, target)
   except OSError as e:
-    raise ValueError(f'could not download {name} from {url} ({e}); fetch it elsewhere and pass '
-                     f'--weights=PATH/{name} (or weights= in Python).') from None
+    raise ValueError(
+        f'could not download {name} from {url} ({e}); fetch it elsewhere and pass '
+        f'--weights=PATH/{name} (or weights= in Python).'
+    ) from None
   finally:
     if os.path.exists(partial):
       os.remove(partial)
@@ -116,10 +120,13 @@ def load_fid_inception(weights: str | None = None):
   if not os.path.isfile(weights):
     raise ValueError(f'--weights={weights}: no such file or folder.')
   model, variables, missing, _ = convert.convert_state_dict(
-      'inception_v3_fid', torch_files.load_state_dict(weights), source='pytorch_fid')
+      'inception_v3_fid', torch_files.load_state_dict(weights), source='pytorch_fid'
+  )
   if missing or model.num_classes != 1008:
-    raise ValueError(f'{weights} is not pytorch-fid\'s FID Inception ({model.num_classes} classes, not 1008; '
-                     f'{len(missing)} variable(s) missing).')
+    raise ValueError(
+        f"{weights} is not pytorch-fid's FID Inception ({model.num_classes} classes, not 1008; "
+        f'{len(missing)} variable(s) missing).'
+    )
   return model, jax.tree.map(jnp.asarray, variables)
 
 
@@ -138,8 +145,10 @@ def _extract_step(model, mesh, dims: int, resize: bool, logits: bool):
       _, features = model.apply(variables, x, train=False)
       tap = features[FID_FEATURES[dims]]
       # pytorch-fid averages the smaller taps' maps (adaptive_avg_pool2d); XLA drops the layers after a tap.
-      out = {'features': tap.mean(axis=(1, 2)) if tap.ndim == 4 else tap,
-             'valid': jnp.arange(images.shape[0]) < num_valid}
+      out = {
+          'features': tap.mean(axis=(1, 2)) if tap.ndim == 4 else tap,
+          'valid': jnp.arange(images.shape[0]) < num_valid,
+      }
       if logits:
         out['logits'] = features['pre_logits'] @ variables['params']['fc']['kernel']
     return out
@@ -159,7 +168,7 @@ class Extractor:
 
   def __init__(self, model, variables, *, dims: int = 2048, mesh=None, resize: bool = True, logits: bool = False):
     if dims not in FID_FEATURES:
-      raise ValueError(f'dims must be one of pytorch-fid\'s {sorted(FID_FEATURES)}, got {dims}.')
+      raise ValueError(f"dims must be one of pytorch-fid's {sorted(FID_FEATURES)}, got {dims}.")
     self.mesh = mesh if mesh is not None else parallel.make_mesh()
     self.dims, self.logits = dims, logits
     self.variables = jax.device_put(variables, parallel.replicated(self.mesh))
@@ -280,8 +289,10 @@ class Accumulator:
       size = images.shape[0] * jax.process_count()
       if size % devices:
         if jax.process_count() > 1:
-          raise ValueError(f'{images.shape[0]} rows per process do not divide over the '
-                           f'{devices // jax.process_count()} devices of each process.')
+          raise ValueError(
+              f'{images.shape[0]} rows per process do not divide over the '
+              f'{devices // jax.process_count()} devices of each process.'
+          )
         images = np.pad(images, [(0, -size % devices)] + [(0, 0)] * (images.ndim - 1))
       images = parallel.shard_batch({'images': images}, mesh)['images']
     num_valid = size if num_valid is None else num_valid
@@ -349,8 +360,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
   sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
   if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
-    raise ValueError(f'statistics of different dimensions: {mu1.shape[0]}-d (sigma {sigma1.shape}) and '
-                     f'{mu2.shape[0]}-d (sigma {sigma2.shape}); compute both with the same --dims.')
+    raise ValueError(
+        f'statistics of different dimensions: {mu1.shape[0]}-d (sigma {sigma1.shape}) and '
+        f'{mu2.shape[0]}-d (sigma {sigma2.shape}); compute both with the same --dims.'
+    )
   if not all(np.isfinite(a).all() for a in (mu1, sigma1, mu2, sigma2)):
     raise ValueError('the statistics contain NaN or infinity.')
   # TPUs have no float64 eigendecomposition; elsewhere it runs where JAX runs.
@@ -385,9 +398,17 @@ def inception_score(logits, splits: int = IS_SPLITS, shuffle: bool = True, seed:
   return float(np.mean(scores)), float(np.std(scores))
 
 
-def kernel_inception_distance(features1, features2, *, subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE,
-                              degree: int = KID_DEGREE, gamma: float | None = None, coef0: float = KID_COEF0,
-                              seed: int = SEED) -> tuple[float, float]:
+def kernel_inception_distance(
+    features1,
+    features2,
+    *,
+    subsets: int = KID_SUBSETS,
+    subset_size: int = KID_SUBSET_SIZE,
+    degree: int = KID_DEGREE,
+    gamma: float | None = None,
+    coef0: float = KID_COEF0,
+    seed: int = SEED,
+) -> tuple[float, float]:
   """(mean, std) of the unbiased MMD^2 with the kernel (gamma x.y + coef0)^degree over `subsets`
   random subsets, as torch-fidelity's `kid_features_to_metric` (metric_kid.py, lines 72-117,
   with `mmd2` and `polynomial_kernel` of lines 16-62): one `np.random.RandomState(seed)`, each
@@ -398,8 +419,10 @@ def kernel_inception_distance(features1, features2, *, subsets: int = KID_SUBSET
     raise ValueError(f'KID needs features of the same dimension, got {f1.shape} and {f2.shape}.')
   n1, n2 = f1.shape[0], f2.shape[0]
   if subset_size < 2 or n1 < subset_size or n2 < subset_size:
-    raise ValueError(f'the KID subset size {subset_size} must lie in [2, number of images] (first set: {n1}, '
-                     f'second: {n2}); pass a smaller --kid_subset_size.')
+    raise ValueError(
+        f'the KID subset size {subset_size} must lie in [2, number of images] (first set: {n1}, '
+        f'second: {n2}); pass a smaller --kid_subset_size.'
+    )
   gamma = 1.0 / f1.shape[1] if gamma is None else gamma
   rng = np.random.RandomState(seed)
   m = subset_size
@@ -423,7 +446,8 @@ class ImageSource(Protocol):
   num_images: int
   image_shape: tuple[int, int, int]
 
-  def read(self, start: int, stop: int) -> np.ndarray: ...
+  def read(self, start: int, stop: int) -> np.ndarray:
+    ...
 
 
 @functools.cache
@@ -447,8 +471,10 @@ class FolderImages:
     sizes = list(_threads().map(_image_size, self.files))
     for file, size in zip(self.files, sizes):
       if size != sizes[0]:
-        raise ValueError(f'images of different sizes in {path}: {self.files[0].name} is {sizes[0][0]}x{sizes[0][1]}, '
-                         f'{file.name} is {size[0]}x{size[1]} (width x height); pytorch-fid needs one size per folder.')
+        raise ValueError(
+            f'images of different sizes in {path}: {self.files[0].name} is {sizes[0][0]}x{sizes[0][1]}, '
+            f'{file.name} is {size[0]}x{size[1]} (width x height); pytorch-fid needs one size per folder.'
+        )
     self.num_images = len(self.files)
     self.image_shape = (sizes[0][1], sizes[0][0], 3)
 
@@ -456,7 +482,7 @@ class FolderImages:
     images = list(_threads().map(_decode, self.files[start:stop]))
     for file, image in zip(self.files[start:stop], images):
       if image.shape != self.image_shape:  # a header that lied
-        raise ValueError(f'{file} decodes to {image.shape}, the folder\'s images are {self.image_shape}.')
+        raise ValueError(f"{file} decodes to {image.shape}, the folder's images are {self.image_shape}.")
     return np.stack(images) if images else np.zeros((0, *self.image_shape), np.uint8)
 
 
@@ -552,8 +578,10 @@ class TfdsImages:
   def _next_image(self) -> np.ndarray:
     image, self._peeked = (self._peeked, None) if self._peeked is not None else (self._rgb(next(self._images)), None)
     if image.shape != self.image_shape:
-      raise ValueError(f'images of different sizes in {self.name}: image 0 is {self.image_shape}, '
-                       f'image {self._position} is {image.shape}.')
+      raise ValueError(
+          f'images of different sizes in {self.name}: image 0 is {self.image_shape}, '
+          f'image {self._position} is {image.shape}.'
+      )
     self._position += 1
     return image
 
@@ -588,8 +616,15 @@ def open_path(path: str) -> ImageSource | Statistics:
   raise ValueError(f'{path} is not a folder of images, an .npz (statistics or images) or tfds:NAME[:SPLIT].')
 
 
-def compute_statistics(source: ImageSource, extract: Extractor, *, batch_size: int = 50, keep_features: bool = False,
-                       keep_logits: bool = False, progress: bool = False) -> Statistics:
+def compute_statistics(
+    source: ImageSource,
+    extract: Extractor,
+    *,
+    batch_size: int = 50,
+    keep_features: bool = False,
+    keep_logits: bool = False,
+    progress: bool = False,
+) -> Statistics:
   """Statistics of every image of `source`, each counted once: global batches of `batch_size`
   (no more than the images, rounded up to a multiple of the devices; the last one padded and
   masked), each process reading its rows of each, the next batch read while one runs."""
@@ -605,8 +640,10 @@ def compute_statistics(source: ImageSource, extract: Extractor, *, batch_size: i
 
   accumulator = Accumulator(extract, keep_features=keep_features, keep_logits=keep_logits)
   steps = -(-n // global_batch)
-  with _progress(n, source.name, progress and jax.process_index() == 0) as bar, \
-       concurrent.futures.ThreadPoolExecutor(1) as reader:
+  with (
+      _progress(n, source.name, progress and jax.process_index() == 0) as bar,
+      concurrent.futures.ThreadPoolExecutor(1) as reader,
+  ):
     upcoming = reader.submit(rows, 0)
     for k in range(steps):
       images = upcoming.result()
@@ -620,17 +657,33 @@ def compute_statistics(source: ImageSource, extract: Extractor, *, batch_size: i
 def _progress(total: int, name: str, enabled: bool):
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
-  return tqdm(total=total, desc=os.path.basename(name.rstrip('/')) or name, unit='img', disable=not enabled,
-              file=sys.stderr, dynamic_ncols=True)
+  return tqdm(
+      total=total,
+      desc=os.path.basename(name.rstrip('/')) or name,
+      unit='img',
+      disable=not enabled,
+      file=sys.stderr,
+      dynamic_ncols=True,
+  )
 
 
 # What scripts.fid runs.
 
 
-def calculate_metrics(paths: list[str], *, metrics: tuple[str, ...] = ('fid',), weights: str | None = None,
-                      batch_size: int = 50, dims: int = 2048, is_splits: int = IS_SPLITS,
-                      kid_subsets: int = KID_SUBSETS, kid_subset_size: int = KID_SUBSET_SIZE,
-                      num_devices: int = -1, resize: bool = True, progress: bool = False) -> dict[str, Any]:
+def calculate_metrics(
+    paths: list[str],
+    *,
+    metrics: tuple[str, ...] = ('fid',),
+    weights: str | None = None,
+    batch_size: int = 50,
+    dims: int = 2048,
+    is_splits: int = IS_SPLITS,
+    kid_subsets: int = KID_SUBSETS,
+    kid_subset_size: int = KID_SUBSET_SIZE,
+    num_devices: int = -1,
+    resize: bool = True,
+    progress: bool = False,
+) -> dict[str, Any]:
   """FID between two paths, IS of the first, KID between the two (see `open_path` for paths).
 
   Returns the metrics asked for ('fid'; 'inception_score_mean'/'_std'; 'kid_mean'/'_std')
@@ -650,16 +703,28 @@ def calculate_metrics(paths: list[str], *, metrics: tuple[str, ...] = ('fid',), 
     if isinstance(side, Statistics) and side.dims != dims and not all(isinstance(s, Statistics) for s in sides):
       raise ValueError(f'{path} holds {side.dims}-d statistics, but --dims={dims}.')
     if isinstance(side, Statistics) and ('kid' in metrics or ('is' in metrics and side is sides[0])):
-      raise ValueError(f'{path} is a statistics file; {"KID" if "kid" in metrics else "the Inception Score"} '
-                       'needs images.')
+      raise ValueError(
+          f'{path} is a statistics file; {"KID" if "kid" in metrics else "the Inception Score"} ' 'needs images.'
+      )
   extractor = None
   if not all(isinstance(s, Statistics) for s in sides):
     model, variables = load_fid_inception(weights)
-    extractor = Extractor(model, variables, dims=dims, mesh=parallel.make_mesh(num_devices), resize=resize,
-                          logits='is' in metrics)
-  stats = [side if isinstance(side, Statistics) else compute_statistics(
-      side, extractor, batch_size=batch_size, keep_features='kid' in metrics,
-      keep_logits='is' in metrics and i == 0, progress=progress) for i, side in enumerate(sides)]
+    extractor = Extractor(
+        model, variables, dims=dims, mesh=parallel.make_mesh(num_devices), resize=resize, logits='is' in metrics
+    )
+  stats = [
+      side
+      if isinstance(side, Statistics)
+      else compute_statistics(
+          side,
+          extractor,
+          batch_size=batch_size,
+          keep_features='kid' in metrics,
+          keep_logits='is' in metrics and i == 0,
+          progress=progress,
+      )
+      for i, side in enumerate(sides)
+  ]
   result = {}
   if 'fid' in metrics:
     result['fid'] = fid(*stats)
@@ -667,14 +732,24 @@ def calculate_metrics(paths: list[str], *, metrics: tuple[str, ...] = ('fid',), 
     result['inception_score_mean'], result['inception_score_std'] = inception_score(stats[0].logits, is_splits)
   if 'kid' in metrics:
     result['kid_mean'], result['kid_std'] = kernel_inception_distance(
-        stats[0].features, stats[1].features, subsets=kid_subsets, subset_size=kid_subset_size)
+        stats[0].features, stats[1].features, subsets=kid_subsets, subset_size=kid_subset_size
+    )
   for i, s in enumerate(stats):
     result[f'num_images_{i + 1}'] = s.num_images
   return result
 
 
-def save_statistics(path: str, out: str, *, weights: str | None = None, batch_size: int = 50, dims: int = 2048,
-                    num_devices: int = -1, resize: bool = True, progress: bool = False) -> Statistics:
+def save_statistics(
+    path: str,
+    out: str,
+    *,
+    weights: str | None = None,
+    batch_size: int = 50,
+    dims: int = 2048,
+    num_devices: int = -1,
+    resize: bool = True,
+    progress: bool = False,
+) -> Statistics:
   """pytorch-fid's --save-stats: the statistics of the images at `path`, written to `out` (.npz)."""
   out = out if out.endswith('.npz') else out + '.npz'  # what np.savez writes
   if os.path.exists(out):

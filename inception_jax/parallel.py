@@ -21,8 +21,9 @@ DATA_AXIS = 'data'
 SHARD_MIN_SIZE = 2**18  # arrays with fewer elements stay replicated when parameters are sharded
 
 
-def initialize_distributed(coordinator_address: str = '', num_processes: int = 0, process_id: int = -1,
-                           *, auto: bool = False) -> None:
+def initialize_distributed(
+    coordinator_address: str = '', num_processes: int = 0, process_id: int = -1, *, auto: bool = False
+) -> None:
   """Joins this process to a multi-process run, before anything else touches JAX.
 
   Either all three of `coordinator_address` ('host:port' of process 0, reachable from
@@ -33,7 +34,7 @@ def initialize_distributed(coordinator_address: str = '', num_processes: int = 0
   explicit = (coordinator_address, num_processes > 0, process_id >= 0)
   if any(explicit) and not all(explicit):
     raise ValueError(
-        'A multi-process run needs all of --coordinator_address=HOST:PORT (process 0\'s), '
+        "A multi-process run needs all of --coordinator_address=HOST:PORT (process 0's), "
         f'--num_processes=N and --process_id=I (0 <= I < N); got coordinator_address={coordinator_address!r}, '
         f'num_processes={num_processes}, process_id={process_id}. Or pass --auto_distributed on a cluster '
         'JAX detects (TPU pod, Slurm, Open MPI).'
@@ -46,8 +47,13 @@ def initialize_distributed(coordinator_address: str = '', num_processes: int = 0
     jax.distributed.initialize()
   else:
     return
-  logging.info('Process %d of %d; %d local of %d devices.',
-               jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
+  logging.info(
+      'Process %d of %d; %d local of %d devices.',
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      jax.device_count(),
+  )
 
 
 def make_mesh(num_devices: int = -1) -> Mesh:
@@ -93,8 +99,9 @@ def param_spec(shape: tuple[int, ...], devices: int, min_size: int = SHARD_MIN_S
   return P(*[DATA_AXIS if a == axis else None for a in range(len(shape))])
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh, *, shard_params: bool = False,
-                    min_size: int = SHARD_MIN_SIZE) -> Any:
+def state_shardings(
+    abstract_state: Any, mesh: Mesh, *, shard_params: bool = False, min_size: int = SHARD_MIN_SIZE
+) -> Any:
   """NamedShardings for every array of a train state (from `jax.eval_shape`).
 
   Replicated unless `shard_params`; then every array of at least `min_size` elements with

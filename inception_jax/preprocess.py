@@ -89,8 +89,14 @@ def random_resized_crop(image, size: int, seed, *, area_range=(0.08, 1.0), aspec
   image = tf.image.convert_image_dtype(image, tf.float32)
   whole = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4])
   begin, box, _ = tf.image.stateless_sample_distorted_bounding_box(
-      tf.shape(image), whole, seed=seed, min_object_covered=area_range[0], aspect_ratio_range=aspect_ratio_range,
-      area_range=area_range, max_attempts=10, use_image_if_no_bounding_boxes=True,
+      tf.shape(image),
+      whole,
+      seed=seed,
+      min_object_covered=area_range[0],
+      aspect_ratio_range=aspect_ratio_range,
+      area_range=area_range,
+      max_attempts=10,
+      use_image_if_no_bounding_boxes=True,
   )
   crop = tf.slice(image, begin, box)
   return tf.image.resize(crop, (size, size), method='bilinear', antialias=True)
@@ -109,4 +115,4 @@ def resize_center_crop(image, size: int, crop_fraction: float = 0.875):
   new_hw = tf.maximum(tf.cast(tf.round(hw * scale), tf.int32), size)
   image = tf.image.resize(image, new_hw, method='bilinear', antialias=True)
   top, left = (new_hw[0] - size) // 2, (new_hw[1] - size) // 2
-  return image[top:top + size, left:left + size]
+  return image[top : top + size, left : left + size]

@@ -71,6 +71,7 @@ class WeightFileError(ValueError):
 
 
 class _StorageType:
+
   def __init__(self, name: str):
     self.name, self.dtype = name, np.dtype(_STORAGE_DTYPES[name])
 
@@ -80,8 +81,12 @@ def _rebuild_tensor(storage, offset, size, stride, *unused):
   size, stride, offset = tuple(map(int, size)), tuple(map(int, stride)), int(offset)
   # as_strided trusts its arguments: keep every element inside the storage.
   last = offset + sum((n - 1) * s for n, s in zip(size, stride) if n > 0)
-  if len(size) != len(stride) or min(size + stride + (offset,), default=0) < 0 or (
-      math.prod(size) and last >= storage.size) or offset > storage.size:
+  if (
+      len(size) != len(stride)
+      or min(size + stride + (offset,), default=0) < 0
+      or (math.prod(size) and last >= storage.size)
+      or offset > storage.size
+  ):
     raise WeightFileError(f'a tensor of size {size}, stride {stride} at offset {offset} lies outside its storage')
   if not size:
     return storage[offset : offset + 1].reshape(()).copy()
@@ -108,6 +113,7 @@ _GLOBALS = {
 
 
 class _Unpickler(pickle.Unpickler):
+
   def __init__(self, file, load_storage, rebuild_tensor=_rebuild_tensor):
     super().__init__(file, encoding='utf-8')
     self._load_storage = load_storage
@@ -223,9 +229,23 @@ def _read_torch(path, reader) -> Any:
     return reader(path)
   except WeightFileError as e:
     raise WeightFileError(f'{path} is not a readable PyTorch state_dict: {e}.') from None
-  except (pickle.UnpicklingError, EOFError, OverflowError, ValueError, TypeError, KeyError, IndexError,
-          AttributeError, struct.error, zipfile.BadZipFile, UnicodeDecodeError, MemoryError) as e:
-    raise WeightFileError(f'{path} is not a readable PyTorch state_dict: {type(e).__name__}: {e}'.rstrip('.') + '.') from None
+  except (
+      pickle.UnpicklingError,
+      EOFError,
+      OverflowError,
+      ValueError,
+      TypeError,
+      KeyError,
+      IndexError,
+      AttributeError,
+      struct.error,
+      zipfile.BadZipFile,
+      UnicodeDecodeError,
+      MemoryError,
+  ) as e:
+    raise WeightFileError(
+        f'{path} is not a readable PyTorch state_dict: {type(e).__name__}: {e}'.rstrip('.') + '.'
+    ) from None
 
 
 def _replace_cells(obj, tensors):
@@ -267,7 +287,9 @@ def _read_safetensors(path) -> dict[str, np.ndarray]:
     begin, end = (int(x) for x in info['data_offsets'])
     shape = tuple(int(x) for x in info['shape'])
     if not 0 <= begin <= end <= len(data) or end - begin != math.prod(shape) * dtype.itemsize:
-      raise WeightFileError(f'{name}: its byte range [{begin}, {end}) does not hold a {info["dtype"]} array of shape {shape}')
+      raise WeightFileError(
+          f'{name}: its byte range [{begin}, {end}) does not hold a {info["dtype"]} array of shape {shape}'
+      )
     out[name] = np.frombuffer(data[begin:end], dtype=dtype).reshape(shape).copy()
   return out
 
@@ -278,7 +300,11 @@ def write_safetensors(path, arrays: Mapping[str, np.ndarray]) -> None:
   header, chunks, offset = {}, [], 0
   for name, array in arrays.items():
     array = np.ascontiguousarray(array)
-    header[name] = {'dtype': names[array.dtype], 'shape': list(array.shape), 'data_offsets': [offset, offset + array.nbytes]}
+    header[name] = {
+        'dtype': names[array.dtype],
+        'shape': list(array.shape),
+        'data_offsets': [offset, offset + array.nbytes],
+    }
     chunks.append(array.tobytes())
     offset += array.nbytes
   encoded = json.dumps(header).encode()

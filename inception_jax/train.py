@@ -82,8 +82,14 @@ def create_optimizer(config) -> optax.GradientTransformation:
   elif config.optimizer == 'sgd':
     tx = optax.sgd(lr, momentum=config.momentum, nesterov=config.nesterov)
   elif config.optimizer == 'rmsprop':
-    tx = optax.rmsprop(lr, decay=config.rmsprop_decay, eps=config.rmsprop_eps, momentum=config.momentum,
-                       eps_in_sqrt=True, initial_scale=1.0)
+    tx = optax.rmsprop(
+        lr,
+        decay=config.rmsprop_decay,
+        eps=config.rmsprop_eps,
+        momentum=config.momentum,
+        eps_in_sqrt=True,
+        initial_scale=1.0,
+    )
   else:
     raise ValueError(f"Unknown optimizer {config.optimizer!r}; use 'adam', 'sgd' or 'rmsprop'.")
   weight_decay = config.weight_decay
@@ -99,8 +105,10 @@ def create_optimizer(config) -> optax.GradientTransformation:
 def _module_mask(module: str, params) -> Any:
   """True for every parameter of the top-level submodule `module` (config.lr_multipliers)."""
   if module not in params:
-    raise ValueError(f'config.lr_multipliers names {module!r}, which is not a top-level module of the model; '
-                     f'its modules are {sorted(params)}.')
+    raise ValueError(
+        f'config.lr_multipliers names {module!r}, which is not a top-level module of the model; '
+        f'its modules are {sorted(params)}.'
+    )
   return {name: jax.tree.map(lambda _, keep=name == module: keep, subtree) for name, subtree in params.items()}
 
 
@@ -208,14 +216,29 @@ class JsonlWriter(metric_writers.interface.MetricWriter):
     self._file.write(json.dumps({'step': int(step), **{k: float(v) for k, v in scalars.items()}}) + '\n')
     self._file.flush()
 
-  def write_summaries(self, step, values, metadata=None): pass
-  def write_images(self, step, images): pass
-  def write_videos(self, step, videos): pass
-  def write_audios(self, step, audios, *, sample_rate): pass
-  def write_texts(self, step, texts): pass
-  def write_histograms(self, step, arrays, num_buckets=None): pass
-  def write_pointcloud(self, step, point_clouds, *, point_colors=None, configs=None): pass
-  def write_hparams(self, hparams): pass
+  def write_summaries(self, step, values, metadata=None):
+    pass
+
+  def write_images(self, step, images):
+    pass
+
+  def write_videos(self, step, videos):
+    pass
+
+  def write_audios(self, step, audios, *, sample_rate):
+    pass
+
+  def write_texts(self, step, texts):
+    pass
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    pass
+
+  def write_pointcloud(self, step, point_clouds, *, point_colors=None, configs=None):
+    pass
+
+  def write_hparams(self, hparams):
+    pass
 
   def flush(self):
     self._file.flush()
@@ -235,10 +258,12 @@ def create_writer(workdir: str, start_step: int = 0) -> metric_writers.MetricWri
   """TensorBoard events and metrics.jsonl in `workdir` (process 0 only; the loop logs its own lines)."""
   if jax.process_index() > 0:
     return metric_writers.MultiWriter([])
-  return metric_writers.MultiWriter([
-      metric_writers.SummaryWriter(workdir),
-      JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), start_step),
-  ])
+  return metric_writers.MultiWriter(
+      [
+          metric_writers.SummaryWriter(workdir),
+          JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), start_step),
+      ]
+  )
 
 
 def evaluate(eval_fn, state, inputs, mesh) -> dict[str, float]:
@@ -246,8 +271,11 @@ def evaluate(eval_fn, state, inputs, mesh) -> dict[str, float]:
   sums = [eval_fn(state, parallel.shard_batch(batch, mesh)) for batch in inputs.eval_batches()]
   totals = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(sums))
   count = totals['count']
-  return {'accuracy': totals['correct'] / count, 'top5_accuracy': totals['correct_top5'] / count,
-          'loss': totals['loss_sum'] / count}
+  return {
+      'accuracy': totals['correct'] / count,
+      'top5_accuracy': totals['correct_top5'] / count,
+      'loss': totals['loss_sum'] / count,
+  }
 
 
 def resolve_config(config: ml_collections.ConfigDict, num_train_examples: int | None) -> ml_collections.ConfigDict:
@@ -284,8 +312,21 @@ def _check_config(config) -> None:
       raise ValueError(f'{field} must be positive, got {config[field]}.')
 
 
-def _train(config, state, step, train_seconds, resumed_from, p_train_step, run_eval, inputs, mesh, schedule,
-           checkpointer, writer, signals):
+def _train(
+    config,
+    state,
+    step,
+    train_seconds,
+    resumed_from,
+    p_train_step,
+    run_eval,
+    inputs,
+    mesh,
+    schedule,
+    checkpointer,
+    writer,
+    signals,
+):
   """The training loop from `step`: logs, evaluates and checkpoints; stops on a signal after saving.
 
   Returns (state, step, train_seconds) at config.num_train_steps. Raises StopRequested after
@@ -304,8 +345,10 @@ def _train(config, state, step, train_seconds, resumed_from, p_train_step, run_e
     first = step - len(per_step) + 1
     for i, metrics in enumerate(per_step):
       if metrics['labels_out_of_range']:
-        raise ValueError(f'The batch of step {first + i} has labels outside [0, {inputs.num_classes}): fix the dataset '
-                         f'or the model\'s num_classes.')
+        raise ValueError(
+            f'The batch of step {first + i} has labels outside [0, {inputs.num_classes}): fix the dataset '
+            f"or the model's num_classes."
+        )
       if not np.isfinite(metrics['loss']):
         _diverged(f'The training loss is {metrics["loss"]} at step {first + i}', first + i - 1, checkpointer)
     metrics = jax.tree.map(lambda *xs: float(np.mean(xs)), *per_step)
@@ -317,11 +360,19 @@ def _train(config, state, step, train_seconds, resumed_from, p_train_step, run_e
     lr = float(schedule(step - 1))
     logging.info(
         'step %d/%d  loss %.4f  accuracy %.4f  %.1f images/s  lr %.2e  ETA %s',
-        step, config.num_train_steps, metrics['loss'], metrics['accuracy'],
-        steps_per_sec * config.global_batch_size, lr, time.strftime('%H:%M:%S', time.gmtime(eta)),
+        step,
+        config.num_train_steps,
+        metrics['loss'],
+        metrics['accuracy'],
+        steps_per_sec * config.global_batch_size,
+        lr,
+        time.strftime('%H:%M:%S', time.gmtime(eta)),
     )
-    writer.write_scalars(step, {f'train_{k}': v for k, v in metrics.items()} | {
-        'learning_rate': lr, 'images_per_sec': steps_per_sec * config.global_batch_size})
+    writer.write_scalars(
+        step,
+        {f'train_{k}': v for k, v in metrics.items()}
+        | {'learning_rate': lr, 'images_per_sec': steps_per_sec * config.global_batch_size},
+    )
 
   batches = inputs.train_batches(step)
   while step < config.num_train_steps:
@@ -331,8 +382,9 @@ def _train(config, state, step, train_seconds, resumed_from, p_train_step, run_e
     step += 1
     last = step == config.num_train_steps
     # One process: a signal arrived. Several: this is the step all of them agreed to save at.
-    stop = not last and (checkpointer.reached_preemption(step) if jax.process_count() > 1 else
-                         signals.received is not None)
+    stop = not last and (
+        checkpointer.reached_preemption(step) if jax.process_count() > 1 else signals.received is not None
+    )
     save = last or stop or checkpointer.should_save(step)
     if save or step % config.log_every_steps == 0:
       flush_metrics(step)  # also guards the checkpoint against non-finite losses
@@ -349,7 +401,9 @@ def _train(config, state, step, train_seconds, resumed_from, p_train_step, run_e
       signum = signals.received or signal.SIGTERM
       raise interrupts.StopRequested(
           f'Stopped by {signal.Signals(signum).name} after saving step {step} in {checkpointer.directory}; '
-          'run the same command to resume from it.', signum)
+          'run the same command to resume from it.',
+          signum,
+      )
     if config.eval_every_steps > 0 and step % config.eval_every_steps == 0 and not last:
       run_eval(state, step)
   checkpointer.wait()
@@ -368,10 +422,13 @@ def _diverged(what: str, first_bad_state: int, checkpointer) -> None:
     if step >= first_bad_state:
       checkpointer.set_aside(step, 'diverged', 'its weights gave a non-finite loss')
   healthy = checkpointer.latest_step()
-  advice = (f'the newest checkpoint whose weights still gave a finite loss is step {healthy}: lower the learning_rate '
-            '(or add warmup_steps) and run the same command to resume from it.' if healthy is not None else
-            'no checkpoint of this run precedes it: lower the learning_rate (or add warmup_steps) and run again to '
-            'start over.')
+  advice = (
+      f'the newest checkpoint whose weights still gave a finite loss is step {healthy}: lower the learning_rate '
+      '(or add warmup_steps) and run the same command to resume from it.'
+      if healthy is not None
+      else 'no checkpoint of this run precedes it: lower the learning_rate (or add warmup_steps) and run again to '
+      'start over.'
+  )
   raise FloatingPointError(f'{what}; {advice}')
 
 
@@ -397,7 +454,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
   init = lambda: create_train_state(model, tx, inputs.image_shape, config.seed)
   abstract_state = jax.eval_shape(init)
   state_sharding = parallel.state_shardings(
-      abstract_state, mesh, shard_params=config.shard_params, min_size=config.shard_min_size,
+      abstract_state,
+      mesh,
+      shard_params=config.shard_params,
+      min_size=config.shard_min_size,
   )
 
   # The one place where steps are compiled. The state is donated: its buffers are reused.
@@ -435,10 +495,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     # Saved with every checkpoint after a rewind, so that rerunning the same command resumes.
     resumed_from = config.resume_from_step if config.resume_from_step >= 0 else meta.get('resumed_from', -1)
     num_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
-    logging.info('Run: %s (%s parameters) on %d %s device(s), %s %s (%s examples), step %d of %d at batch %d, in %s.',
-                 config.model.name, f'{num_params:,}', mesh.size, jax.devices()[0].platform.upper(), config.dataset,
-                 config.train_split, f'{inputs.num_train_examples:,}' if inputs.num_train_examples else 'no',
-                 step, config.num_train_steps, config.global_batch_size, workdir)
+    logging.info(
+        'Run: %s (%s parameters) on %d %s device(s), %s %s (%s examples), step %d of %d at batch %d, in %s.',
+        config.model.name,
+        f'{num_params:,}',
+        mesh.size,
+        jax.devices()[0].platform.upper(),
+        config.dataset,
+        config.train_split,
+        f'{inputs.num_train_examples:,}' if inputs.num_train_examples else 'no',
+        step,
+        config.num_train_steps,
+        config.global_batch_size,
+        workdir,
+    )
     writer = create_writer(workdir, step)
     if step == 0:
       writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
@@ -446,15 +516,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     def run_eval(state, step: int) -> dict[str, float]:
       start = time.perf_counter()
       metrics = evaluate(p_eval_step, state, inputs, mesh)
-      logging.info('eval at step %d: accuracy %.4f  top-5 %.4f  loss %.4f  (%d examples, %.1fs)', step,
-                   metrics['accuracy'], metrics['top5_accuracy'], metrics['loss'], inputs.num_eval_examples,
-                   time.perf_counter() - start)
+      logging.info(
+          'eval at step %d: accuracy %.4f  top-5 %.4f  loss %.4f  (%d examples, %.1fs)',
+          step,
+          metrics['accuracy'],
+          metrics['top5_accuracy'],
+          metrics['loss'],
+          inputs.num_eval_examples,
+          time.perf_counter() - start,
+      )
       writer.write_scalars(step, {f'eval_{k}': v for k, v in metrics.items()})
       return metrics
 
     state, step, train_seconds = _train(
-        config, state, step, float(meta.get('train_seconds', 0.0)), resumed_from,
-        p_train_step, run_eval, inputs, mesh, schedule, checkpointer, writer, signals,
+        config,
+        state,
+        step,
+        float(meta.get('train_seconds', 0.0)),
+        resumed_from,
+        p_train_step,
+        run_eval,
+        inputs,
+        mesh,
+        schedule,
+        checkpointer,
+        writer,
+        signals,
     )
     eval_metrics = run_eval(state, step)
     writer.flush()
@@ -475,7 +562,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
       json.dump(final, f, indent=2)
-  logging.info('Done: test accuracy %.4f (top-5 %.4f), loss %.4f after %d steps, %.0f s of training. Files in %s: '
-               'final_metrics.json, metrics.jsonl, TensorBoard events, checkpoints/.', final['test_accuracy'],
-               final['test_top5_accuracy'], final['test_loss'], step, train_seconds, workdir)
+  logging.info(
+      'Done: test accuracy %.4f (top-5 %.4f), loss %.4f after %d steps, %.0f s of training. Files in %s: '
+      'final_metrics.json, metrics.jsonl, TensorBoard events, checkpoints/.',
+      final['test_accuracy'],
+      final['test_top5_accuracy'],
+      final['test_loss'],
+      step,
+      train_seconds,
+      workdir,
+  )
   return state, final

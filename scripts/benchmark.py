@@ -47,24 +47,41 @@ from experiments.configs import default, mnist_inception
 from inception_jax import analysis, data, models, parallel, train
 
 _MODEL = flags.DEFINE_string('model', 'mnist_inception', 'A registered model.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'input'],
-                          'Time training steps, evaluation steps, or the training input (--input_config, --dataset).')
+_MODE = flags.DEFINE_enum(
+    'mode',
+    'train',
+    ['train', 'eval', 'input'],
+    'Time training steps, evaluation steps, or the training input (--input_config, --dataset).',
+)
 _BATCH = flags.DEFINE_integer('batch_size', 128, 'Global batch size.')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', None, "Input height and width; default: the model's own.")
-_STEPS = flags.DEFINE_integer('steps', None, 'Timed steps after one warm-up step; default 5, or 100 batches for --mode=input.')
+_STEPS = flags.DEFINE_integer(
+    'steps', None, 'Timed steps after one warm-up step; default 5, or 100 batches for --mode=input.'
+)
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype (parameters stay float32).')
-_AUX_LOSS_WEIGHT = flags.DEFINE_float('aux_loss_weight', 0.3, "Weight of each aux head's loss, as config.aux_loss_weight.")
+_AUX_LOSS_WEIGHT = flags.DEFINE_float(
+    'aux_loss_weight', 0.3, "Weight of each aux head's loss, as config.aux_loss_weight."
+)
 _COMPARE_TORCH = flags.DEFINE_bool('compare_torch', False, 'Also time the PyTorch eager equivalent, alternating steps.')
 _PEAK = flags.DEFINE_bool('peak', False, 'Measure the float32 matmul rate; with --mode or --model, then run that too.')
 _PEAK_FLOPS = flags.DEFINE_float('peak_flops', None, 'A peak FLOP/s measured earlier by --peak, for fraction_of_peak.')
 _INPUT_CONFIG = config_flags.DEFINE_config_file(
-    'input_config', None, "--mode=input: the experiment config whose training input is timed; default: "
-    "experiments/configs/mnist_inception.py's.")
+    'input_config',
+    None,
+    '--mode=input: the experiment config whose training input is timed; default: '
+    "experiments/configs/mnist_inception.py's.",
+)
 _DATASET = flags.DEFINE_string('dataset', None, "--mode=input: the TFDS dataset, replacing the config's.")
 _JSON = flags.DEFINE_bool('json', True, 'Print JSON lines (else one "key: value" per line).')
 
 # glibc reads these when the process starts; they change how both frameworks' buffers are allocated.
-MALLOC_SETTINGS = ('MALLOC_ARENA_MAX', 'MALLOC_MMAP_MAX_', 'MALLOC_TRIM_THRESHOLD_', 'MALLOC_MMAP_THRESHOLD_', 'GLIBC_TUNABLES')
+MALLOC_SETTINGS = (
+    'MALLOC_ARENA_MAX',
+    'MALLOC_MMAP_MAX_',
+    'MALLOC_TRIM_THRESHOLD_',
+    'MALLOC_MMAP_THRESHOLD_',
+    'GLIBC_TUNABLES',
+)
 
 TORCH_MISSING = 'needs torch (the test extra: pip install -e ".[test]")'
 
@@ -151,12 +168,23 @@ def _torch_param_count(model_name: str, model) -> int:
 def _check_same_size(num_params: int, torch_params: int) -> None:
   if torch_params != num_params:
     raise AssertionError(
-        f'The torch network has {torch_params:,} parameters, ours {num_params:,}: not the same network.')
+        f'The torch network has {torch_params:,} parameters, ours {num_params:,}: not the same network.'
+    )
 
 
-def run(model_name: str, mode: str, batch_size: int, image_size: int | None = None, steps: int = 5,
-        dtype: str = 'float32', *, aux_loss_weight: float = 0.3, compare_torch: bool = False,
-        peak_flops: float | None = None, **overrides) -> dict:
+def run(
+    model_name: str,
+    mode: str,
+    batch_size: int,
+    image_size: int | None = None,
+    steps: int = 5,
+    dtype: str = 'float32',
+    *,
+    aux_loss_weight: float = 0.3,
+    compare_torch: bool = False,
+    peak_flops: float | None = None,
+    **overrides,
+) -> dict:
   """Times `steps` training or evaluation steps of `model_name` (fields `overrides`) on random data."""
   model = models.create_model(model_name, dtype=jnp.dtype(dtype), **overrides)
   size = image_size or model.image_size
@@ -185,9 +213,12 @@ def run(model_name: str, mode: str, batch_size: int, image_size: int | None = No
   batch = parallel.shard_batch(host_batch, mesh)
 
   if mode == 'train':
-    step = jax.jit(functools.partial(train.train_step, aux_loss_weight=aux_loss_weight),
-                   in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
-                   out_shardings=(state_sharding, parallel.replicated(mesh)), donate_argnums=0)
+    step = jax.jit(
+        functools.partial(train.train_step, aux_loss_weight=aux_loss_weight),
+        in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
+        out_shardings=(state_sharding, parallel.replicated(mesh)),
+        donate_argnums=0,
+    )
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_seconds = time.perf_counter() - start
@@ -196,6 +227,7 @@ def run(model_name: str, mode: str, batch_size: int, image_size: int | None = No
     def jax_step():
       holder[0], metrics = compiled(holder[0], batch)
       jax.block_until_ready((holder[0], metrics))
+
   elif mode == 'eval':
     step = jax.jit(train.eval_step, in_shardings=(state_sharding, parallel.batch_sharding(mesh)))
     start = time.perf_counter()
@@ -212,17 +244,28 @@ def run(model_name: str, mode: str, batch_size: int, image_size: int | None = No
   def rates(prefix: str, times: list[tuple[float, float]]) -> dict:
     walls, cpus = zip(*times)
     seconds = statistics.median(walls)
-    out = {f'{prefix}images_per_sec': batch_size / seconds, f'{prefix}step_ms': 1e3 * seconds,
-           f'{prefix}step_ms_min': 1e3 * min(walls), f'{prefix}step_cpu_ms': 1e3 * statistics.median(cpus),
-           f'{prefix}step_ms_all': [round(1e3 * t, 1) for t in walls],
-           f'{prefix}flops_per_sec': flops_per_image * batch_size / seconds}
+    out = {
+        f'{prefix}images_per_sec': batch_size / seconds,
+        f'{prefix}step_ms': 1e3 * seconds,
+        f'{prefix}step_ms_min': 1e3 * min(walls),
+        f'{prefix}step_cpu_ms': 1e3 * statistics.median(cpus),
+        f'{prefix}step_ms_all': [round(1e3 * t, 1) for t in walls],
+        f'{prefix}flops_per_sec': flops_per_image * batch_size / seconds,
+    }
     if peak_flops:
       out[f'{prefix}fraction_of_peak'] = out[f'{prefix}flops_per_sec'] / peak_flops
     return out
 
   result = {
-      'model': model_name, 'mode': mode, 'batch_size': batch_size, 'image_size': size, 'dtype': dtype, **_devices(),
-      'params': num_params, 'compile_seconds': compile_seconds, 'peak_host_memory_gb': memory_gb,
+      'model': model_name,
+      'mode': mode,
+      'batch_size': batch_size,
+      'image_size': size,
+      'dtype': dtype,
+      **_devices(),
+      'params': num_params,
+      'compile_seconds': compile_seconds,
+      'peak_host_memory_gb': memory_gb,
       'macs_per_image': macs,
   }
   if aux_loss_weight and mode == 'train':
@@ -256,8 +299,12 @@ def _torch_step(model_name, model, mode, host_batch, aux_loss_weight, dtype) -> 
   else:
     step = nets.eval_step(net, images, labels, dtype=dtype)
   warmup = _time(step, 1)[0][0]
-  return step, {'torch_version': torch.__version__, 'torch_threads': torch.get_num_threads(),
-                'torch_params': nets.param_count(net), 'torch_warmup_seconds': warmup}
+  return step, {
+      'torch_version': torch.__version__,
+      'torch_threads': torch.get_num_threads(),
+      'torch_params': nets.param_count(net),
+      'torch_warmup_seconds': warmup,
+  }
 
 
 def input_pipeline(config: ml_collections.ConfigDict, steps: int = 100) -> dict:
@@ -277,10 +324,18 @@ def input_pipeline(config: ml_collections.ConfigDict, steps: int = 100) -> dict:
   times = [wall for wall, _ in _time(one, steps)]
   seconds = statistics.median(times)
   return {
-      'mode': 'input', 'dataset': config.dataset, 'input_pipeline': config.input_pipeline,
-      'batch_size': batch_size, 'image_shape': list(inputs.image_shape), **_devices(),
-      'images_per_sec': batch_size / seconds, 'batch_ms': 1e3 * seconds, 'batch_ms_max': 1e3 * max(times),
-      'images_per_sec_overall': batch_size * steps / sum(times), 'batches': steps, 'setup_seconds': setup_seconds,
+      'mode': 'input',
+      'dataset': config.dataset,
+      'input_pipeline': config.input_pipeline,
+      'batch_size': batch_size,
+      'image_shape': list(inputs.image_shape),
+      **_devices(),
+      'images_per_sec': batch_size / seconds,
+      'batch_ms': 1e3 * seconds,
+      'batch_ms_max': 1e3 * max(times),
+      'images_per_sec_overall': batch_size * steps / sum(times),
+      'batches': steps,
+      'setup_seconds': setup_seconds,
       'peak_host_memory_gb': host_memory_gb(),
   }
 
@@ -310,8 +365,19 @@ def main(argv):
         config.dataset = _DATASET.value
     _print(input_pipeline(config, _STEPS.value or 100))
     return
-  _print(run(_MODEL.value, _MODE.value, _BATCH.value, _IMAGE_SIZE.value, _STEPS.value or 5, _DTYPE.value,
-             aux_loss_weight=_AUX_LOSS_WEIGHT.value, compare_torch=_COMPARE_TORCH.value, peak_flops=peak_flops))
+  _print(
+      run(
+          _MODEL.value,
+          _MODE.value,
+          _BATCH.value,
+          _IMAGE_SIZE.value,
+          _STEPS.value or 5,
+          _DTYPE.value,
+          aux_loss_weight=_AUX_LOSS_WEIGHT.value,
+          compare_torch=_COMPARE_TORCH.value,
+          peak_flops=peak_flops,
+      )
+  )
 
 
 if __name__ == '__main__':

@@ -37,11 +37,15 @@ _TIMEOUT = flags.DEFINE_float('timeout', 3600, 'Seconds one launch may take.')
 
 def launch(module: str, workdir: str, overrides: list[str], log: str) -> subprocess.Popen:
   # Launches share compiled programs through JAX's persistent cache (same program, same results).
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=os.path.join(os.path.dirname(log), 'jax_cache'),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  env = dict(
+      os.environ,
+      JAX_COMPILATION_CACHE_DIR=os.path.join(os.path.dirname(log), 'jax_cache'),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+  )
   with open(log, 'w') as f:
-    return subprocess.Popen([sys.executable, '-m', module, f'--workdir={workdir}', *overrides], stdout=f, stderr=f,
-                            env=env)
+    return subprocess.Popen(
+        [sys.executable, '-m', module, f'--workdir={workdir}', *overrides], stdout=f, stderr=f, env=env
+    )
 
 
 def wait_for(predicate, process: subprocess.Popen, timeout: float) -> bool:
@@ -68,8 +72,16 @@ def final_state(workdir: str) -> dict[str, np.ndarray]:
   return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def run_chaos(kills: int, sigterms: int, workdir: str, overrides: list[str], *, seed: int = 0,
-              module: str = 'experiments.mnist_inception', timeout: float = 3600) -> dict:
+def run_chaos(
+    kills: int,
+    sigterms: int,
+    workdir: str,
+    overrides: list[str],
+    *,
+    seed: int = 0,
+    module: str = 'experiments.mnist_inception',
+    timeout: float = 3600,
+) -> dict:
   """Runs the experiment uninterrupted and under kills; returns the figures printed by main()."""
   rng = random.Random(seed)
   reference, chaos = os.path.join(workdir, 'reference'), os.path.join(workdir, 'chaos')
@@ -114,8 +126,11 @@ def run_chaos(kills: int, sigterms: int, workdir: str, overrides: list[str], *, 
 
   set_aside = glob.glob(os.path.join(workdir, 'chaos', 'checkpoints_set_aside', '*-unreadable-*'))
   expected, actual = final_state(reference), final_state(chaos)
-  mismatches = sorted(k for k in expected.keys() | actual.keys()
-                      if k not in expected or k not in actual or not np.array_equal(expected[k], actual[k]))
+  mismatches = sorted(
+      k
+      for k in expected.keys() | actual.keys()
+      if k not in expected or k not in actual or not np.array_equal(expected[k], actual[k])
+  )
   return figures | {
       'corrupt_checkpoints': len(set_aside),
       'arrays': len(expected),
@@ -132,8 +147,15 @@ def main(argv):
   import shutil
 
   shutil.rmtree(_WORKDIR.value, ignore_errors=True)
-  figures = run_chaos(_KILLS.value, _SIGTERMS.value, _WORKDIR.value, argv[1:], seed=_SEED.value,
-                      module=_EXPERIMENT.value, timeout=_TIMEOUT.value)
+  figures = run_chaos(
+      _KILLS.value,
+      _SIGTERMS.value,
+      _WORKDIR.value,
+      argv[1:],
+      seed=_SEED.value,
+      module=_EXPERIMENT.value,
+      timeout=_TIMEOUT.value,
+  )
   print(json.dumps(figures))
   return 0 if figures['bit_identical'] and not figures['sigterm_failures'] else 1
 

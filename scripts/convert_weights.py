@@ -33,8 +33,11 @@ def main(argv):
   sources = convert.WEIGHT_SOURCES.get(_MODEL.value, {})
   source = _SOURCE.value or next(iter(sources), None)
   if source not in sources:  # checked before the file is read
-    problem = (f'model {_MODEL.value!r} converts weights from {", ".join(sources)}, not {source!r}' if sources else
-               f'no weight conversion for model {_MODEL.value!r}; convertible: {", ".join(sorted(convert.WEIGHT_SOURCES))}')
+    problem = (
+        f'model {_MODEL.value!r} converts weights from {", ".join(sources)}, not {source!r}'
+        if sources
+        else f'no weight conversion for model {_MODEL.value!r}; convertible: {", ".join(sorted(convert.WEIGHT_SOURCES))}'
+    )
     print(f'error: {problem}.', file=sys.stderr)
     return 1
   try:
@@ -51,7 +54,9 @@ def main(argv):
   if missing:
     print(f'error: {len(missing)} variable(s) of {_MODEL.value} are not in {src}; nothing written.', file=sys.stderr)
     return 1
-  pretrained.save_pretrained(dst, _MODEL.value, convert.model_config(model), variables, source=source, source_file=os.path.basename(src))
+  pretrained.save_pretrained(
+      dst, _MODEL.value, convert.model_config(model), variables, source=source, source_file=os.path.basename(src)
+  )
   print(f'wrote {dst} ({len(unexpected)} unexpected, 0 missing)')
   return 0
 

@@ -32,23 +32,29 @@ from absl import app, flags
 
 from inception_jax import convert, metrics, parallel, torch_files
 
-_WEIGHTS = flags.DEFINE_string('weights', None, "pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or a folder "
-                               'from scripts.convert_weights; default: download it once.')
+_WEIGHTS = flags.DEFINE_string(
+    'weights',
+    None,
+    "pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or a folder "
+    'from scripts.convert_weights; default: download it once.',
+)
 _BATCH = flags.DEFINE_integer('batch_size', 50, 'Images per step over all devices (rounded up to a multiple of them).')
 _DIMS = flags.DEFINE_enum('dims', '2048', ['64', '192', '768', '2048'], "pytorch-fid's feature taps.")
 _METRICS = flags.DEFINE_list('metrics', ['fid'], 'Any of fid, is (of PATH1), kid.')
 _JSON = flags.DEFINE_bool('json', False, 'Print the metrics as one JSON object.')
-_SAVE_STATS = flags.DEFINE_bool('save_stats', False, 'Write the statistics of PATH to OUT.npz (pytorch-fid\'s format).')
+_SAVE_STATS = flags.DEFINE_bool('save_stats', False, "Write the statistics of PATH to OUT.npz (pytorch-fid's format).")
 _IS_SPLITS = flags.DEFINE_integer('is_splits', metrics.IS_SPLITS, 'Inception Score splits (torch-fidelity: 10).')
 _KID_SUBSETS = flags.DEFINE_integer('kid_subsets', metrics.KID_SUBSETS, 'KID subsets (torch-fidelity: 100).')
-_KID_SUBSET_SIZE = flags.DEFINE_integer('kid_subset_size', metrics.KID_SUBSET_SIZE,
-                                        'Images per KID subset (torch-fidelity: 1000).')
+_KID_SUBSET_SIZE = flags.DEFINE_integer(
+    'kid_subset_size', metrics.KID_SUBSET_SIZE, 'Images per KID subset (torch-fidelity: 1000).'
+)
 _NUM_DEVICES = flags.DEFINE_integer('num_devices', -1, 'Devices of the mesh; -1: all.')
 _BENCHMARK = flags.DEFINE_bool('benchmark', False, 'Time extraction against PyTorch and measure memory over N.')
 _BENCHMARK_IMAGE_SIZE = flags.DEFINE_integer('benchmark_image_size', 256, '--benchmark: image height and width.')
 _BENCHMARK_STEPS = flags.DEFINE_integer('benchmark_steps', 5, '--benchmark: timed steps of each framework.')
-_BENCHMARK_SIZES = flags.DEFINE_list('benchmark_sizes', ['500', '1000', '2000'],
-                                     '--benchmark: numbers of images streamed, for the memory check.')
+_BENCHMARK_SIZES = flags.DEFINE_list(
+    'benchmark_sizes', ['500', '1000', '2000'], '--benchmark: numbers of images streamed, for the memory check.'
+)
 
 
 def main(argv) -> int:
@@ -56,8 +62,14 @@ def main(argv) -> int:
   options = dict(weights=_WEIGHTS.value, batch_size=_BATCH.value, dims=int(_DIMS.value), num_devices=_NUM_DEVICES.value)
   try:
     if _BENCHMARK.value:
-      for line in benchmark(_BATCH.value, _BENCHMARK_IMAGE_SIZE.value, _BENCHMARK_STEPS.value,
-                            [int(n) for n in _BENCHMARK_SIZES.value], weights=_WEIGHTS.value, dims=int(_DIMS.value)):
+      for line in benchmark(
+          _BATCH.value,
+          _BENCHMARK_IMAGE_SIZE.value,
+          _BENCHMARK_STEPS.value,
+          [int(n) for n in _BENCHMARK_SIZES.value],
+          weights=_WEIGHTS.value,
+          dims=int(_DIMS.value),
+      ):
         print(json.dumps(line), flush=True)
       return 0
     if _SAVE_STATS.value:
@@ -67,16 +79,29 @@ def main(argv) -> int:
       print(f'wrote {paths[1]}: statistics of {stats.num_images} images, {stats.dims}-d')
       return 0
     result = metrics.calculate_metrics(
-        paths, metrics=tuple(_METRICS.value), is_splits=_IS_SPLITS.value, kid_subsets=_KID_SUBSETS.value,
-        kid_subset_size=_KID_SUBSET_SIZE.value, progress=True, **options)
+        paths,
+        metrics=tuple(_METRICS.value),
+        is_splits=_IS_SPLITS.value,
+        kid_subsets=_KID_SUBSETS.value,
+        kid_subset_size=_KID_SUBSET_SIZE.value,
+        progress=True,
+        **options,
+    )
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   if _JSON.value:
     print(json.dumps(result))
   else:
-    names = {'fid': 'FID', 'inception_score_mean': 'Inception Score', 'inception_score_std': 'Inception Score std',
-             'kid_mean': 'KID', 'kid_std': 'KID std', 'num_images_1': 'images (1)', 'num_images_2': 'images (2)'}
+    names = {
+        'fid': 'FID',
+        'inception_score_mean': 'Inception Score',
+        'inception_score_std': 'Inception Score std',
+        'kid_mean': 'KID',
+        'kid_std': 'KID std',
+        'num_images_1': 'images (1)',
+        'num_images_2': 'images (2)',
+    }
     for key, value in result.items():
       print(f'{names[key]}: {value}')
   return 0
@@ -111,8 +136,9 @@ def _torch():
   return torch, pytorch_fid_inception, numpy_state_dict, randomize
 
 
-def benchmark(batch_size: int, image_size: int, steps: int, sizes: list[int], *, weights: str | None = None,
-              dims: int = 2048) -> list[dict]:
+def benchmark(
+    batch_size: int, image_size: int, steps: int, sizes: list[int], *, weights: str | None = None, dims: int = 2048
+) -> list[dict]:
   """Extraction images/s, JAX against pytorch-fid's network in torch; then peak memory over N."""
   try:
     torch, fid_ref, numpy_state_dict, randomize = _torch()
@@ -125,8 +151,9 @@ def benchmark(batch_size: int, image_size: int, steps: int, sizes: list[int], *,
   else:  # speed does not depend on the values: random weights, BatchNorm statistics calibrated
     torch.manual_seed(0)
     network = randomize(network, torch.rand(2, 3, 299, 299) * 2 - 1)
-  model, variables, _, _ = convert.convert_state_dict('inception_v3_fid', numpy_state_dict(network),
-                                                      source='pytorch_fid')
+  model, variables, _, _ = convert.convert_state_dict(
+      'inception_v3_fid', numpy_state_dict(network), source='pytorch_fid'
+  )
   block = {64: 0, 192: 1, 768: 2, 2048: 3}[dims]
   torch_extractor = fid_ref.InceptionV3(network, output_blocks=(block,)).eval()
   extractor = metrics.Extractor(model, variables, dims=dims, mesh=parallel.make_mesh())
@@ -154,22 +181,40 @@ def benchmark(batch_size: int, image_size: int, steps: int, sizes: list[int], *,
       (jax_step if name == 'jax' else torch_step)()
       times[name].append(time.perf_counter() - start)
   rate = {name: batch_size / statistics.median(t) for name, t in times.items()}
-  lines = [{
-      'mode': 'extraction', 'batch_size': batch_size, 'image_size': image_size, 'dims': dims, 'dtype': 'float32',
-      'device_kind': jax.devices()[0].device_kind, 'device_count': devices, 'torch_version': torch.__version__,
-      'torch_threads': torch.get_num_threads(), 'compile_seconds': compile_seconds,
-      'images_per_sec': rate['jax'], 'torch_images_per_sec': rate['torch'], 'speedup': rate['jax'] / rate['torch'],
-      'step_ms_all': [round(1e3 * t, 1) for t in times['jax']],
-      'torch_step_ms_all': [round(1e3 * t, 1) for t in times['torch']],
-  }]
+  lines = [
+      {
+          'mode': 'extraction',
+          'batch_size': batch_size,
+          'image_size': image_size,
+          'dims': dims,
+          'dtype': 'float32',
+          'device_kind': jax.devices()[0].device_kind,
+          'device_count': devices,
+          'torch_version': torch.__version__,
+          'torch_threads': torch.get_num_threads(),
+          'compile_seconds': compile_seconds,
+          'images_per_sec': rate['jax'],
+          'torch_images_per_sec': rate['torch'],
+          'speedup': rate['jax'] / rate['torch'],
+          'step_ms_all': [round(1e3 * t, 1) for t in times['jax']],
+          'torch_step_ms_all': [round(1e3 * t, 1) for t in times['torch']],
+      }
+  ]
   del torch_extractor, network
   for n in sizes:  # the whole pipeline (reader thread, step, float64 statistics): memory must not grow with n
     start = time.perf_counter()
     stats = metrics.compute_statistics(SyntheticImages(n, image_size), extractor, batch_size=batch_size)
     seconds = time.perf_counter() - start
     current, peak = _rss_gb()
-    lines.append({'mode': 'memory', 'num_images': stats.num_images, 'images_per_sec': n / seconds,
-                  'rss_gb': current, 'peak_rss_gb': peak})
+    lines.append(
+        {
+            'mode': 'memory',
+            'num_images': stats.num_images,
+            'images_per_sec': n / seconds,
+            'rss_gb': current,
+            'peak_rss_gb': peak,
+        }
+    )
   return lines
 
 

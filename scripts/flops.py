@@ -1,10 +1,10 @@
 """Per-layer output shapes, parameters and multiply-adds of a registered model or one Inception block.
 
-    python -m scripts.flops --model=mnist_inception
-    python -m scripts.flops --model=mnist_inception --json
-    # Seed 000's arithmetic for GoogLeNet's inception (3a) on a 28x28x192 input:
-    python -m scripts.flops --block=64,96,128,16,32,32 --in_channels=192 --image_size=28
-    python -m scripts.flops --block=64,96,128,16,32,32 --in_channels=192 --image_size=28 --naive
+python -m scripts.flops --model=mnist_inception
+python -m scripts.flops --model=mnist_inception --json
+# Seed 000's arithmetic for GoogLeNet's inception (3a) on a 28x28x192 input:
+python -m scripts.flops --block=64,96,128,16,32,32 --in_channels=192 --image_size=28
+python -m scripts.flops --block=64,96,128,16,32,32 --in_channels=192 --image_size=28 --naive
 """
 
 import dataclasses
@@ -15,8 +15,11 @@ from absl import app, flags
 from inception_jax import analysis, models
 
 _MODEL = flags.DEFINE_string('model', None, f'A registered model: {", ".join(models.list_models())}.')
-_BLOCK = flags.DEFINE_list('block', None, 'Instead of a model, one Inception block with these six widths: '
-                           '#1x1,#3x3reduce,#3x3,#5x5reduce,#5x5,poolproj.')
+_BLOCK = flags.DEFINE_list(
+    'block',
+    None,
+    'Instead of a model, one Inception block with these six widths: ' '#1x1,#3x3reduce,#3x3,#5x5reduce,#5x5,poolproj.',
+)
 _NAIVE = flags.DEFINE_bool('naive', False, 'With --block: the naive module (no 1x1 reductions or pool projection).')
 _IN_CHANNELS = flags.DEFINE_integer('in_channels', None, "Input channels; default: the model's own.")
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', None, "Input height and width; default: the model's own.")
@@ -42,10 +45,17 @@ def main(argv):
   layers = analysis.count(model, input_shape, **kwargs)
   total_params, total_macs = sum(l.params for l in layers), sum(l.macs for l in layers)
   if _JSON.value:
-    print(json.dumps({
-        'model': name, 'input_shape': list(input_shape), 'params': total_params, 'macs': total_macs,
-        'layers': [dataclasses.asdict(l) for l in layers],
-    }))
+    print(
+        json.dumps(
+            {
+                'model': name,
+                'input_shape': list(input_shape),
+                'params': total_params,
+                'macs': total_macs,
+                'layers': [dataclasses.asdict(l) for l in layers],
+            }
+        )
+    )
   else:
     print(f'{name} on a {"x".join(map(str, input_shape))} input (multiply-adds per image)')
     print(analysis.format_table(layers))

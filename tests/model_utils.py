@@ -38,7 +38,7 @@ def cheap_jit(fn):
   jitted, compiled = jax.jit(fn), {}
 
   def call(*args):
-    key = tuple((np.shape(a), str(getattr(a, "dtype", type(a)))) for a in jax.tree.leaves(args))
+    key = tuple((np.shape(a), str(getattr(a, 'dtype', type(a)))) for a in jax.tree.leaves(args))
     if key not in compiled:
       compiled[key] = jitted.lower(*args).compile(compiler_options={'xla_backend_optimization_level': 0})
     return compiled[key](*args)

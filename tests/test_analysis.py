@@ -35,7 +35,9 @@ def test_seed_network_totals_follow_from_the_layers():
 
 
 def test_flops_script_prints_the_seed_numbers():
-  run = lambda *args: subprocess.run([sys.executable, '-m', 'scripts.flops', *args], check=True, capture_output=True, text=True).stdout
+  run = lambda *args: subprocess.run(
+      [sys.executable, '-m', 'scripts.flops', *args], check=True, capture_output=True, text=True
+  ).stdout
   block = ['--block=' + ','.join(map(str, GOOGLENET_3A)), '--in_channels=192', '--image_size=28', '--json']
   naive = {l['name']: l for l in json.loads(run(*block, '--naive'))['layers']}
   reduced = {l['name']: l for l in json.loads(run(*block))['layers']}

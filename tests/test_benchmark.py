@@ -33,8 +33,9 @@ def test_torch_networks_have_our_parameter_counts(name):
 
 
 def test_train_run_reports_jax_and_torch_side_by_side():
-  result = benchmark.run('mnist_inception', 'train', batch_size=2, steps=1, compare_torch=True, peak_flops=1e12,
-                         **TINY_MNIST)
+  result = benchmark.run(
+      'mnist_inception', 'train', batch_size=2, steps=1, compare_torch=True, peak_flops=1e12, **TINY_MNIST
+  )
   json.dumps(result)  # one JSON line
   assert result['model'] == 'mnist_inception' and result['mode'] == 'train' and result['dtype'] == 'float32'
   assert (result['batch_size'], result['image_size'], result['aux_loss_weight']) == (2, 28, 0.3)
@@ -64,7 +65,12 @@ def test_peak_and_input_pipeline_lines(make_config):
   assert result['mode'] == 'peak' and result['flops_per_sec'] > 0 and result['torch_flops_per_sec'] > 0
   result = benchmark.input_pipeline(make_config(global_batch_size=8), steps=2)  # real MNIST
   json.dumps(result)
-  assert (result['dataset'], result['batch_size'], result['image_shape'], result['batches']) == ('mnist', 8, [28, 28, 1], 2)
+  assert (result['dataset'], result['batch_size'], result['image_shape'], result['batches']) == (
+      'mnist',
+      8,
+      [28, 28, 1],
+      2,
+  )
   assert result['images_per_sec'] == pytest.approx(8e3 / result['batch_ms'])
 
 
@@ -90,7 +96,8 @@ def test_torch_googlenet_computes_our_paper_layout_with_aux_heads():
   reference = randomize(benchmark_nets.PaperGoogLeNet(), torch.randn(4, 3, 64, 64))
   model = models.create_model('googlenet')
   variables, missing, unexpected = convert.torch_to_flax(
-      numpy_state_dict(reference), variable_shapes(model), convert.GOOGLENET_TORCHVISION_RENAMES)
+      numpy_state_dict(reference), variable_shapes(model), convert.GOOGLENET_TORCHVISION_RENAMES
+  )
   assert missing == [] and unexpected == []
 
   # 160x224: a 10x14 map before the aux heads, so their 5x5/3 pool gives 2x4, which the

@@ -3,10 +3,18 @@ and stopped by SIGTERM 3 times ends bit-identical to an uninterrupted one."""
 
 from scripts import chaos
 
-TINY = ['--config.model.widths=(4,8)', '--config.model.hidden_units=32', '--config.global_batch_size=32',
-        '--config.num_train_steps=48', '--config.warmup_steps=4', '--config.checkpoint_every_steps=4',
-        '--config.log_every_steps=4', '--config.train_split=train[:1024]', '--config.eval_split=test[:100]',
-        '--config.eval_batch_size=100']
+TINY = [
+    '--config.model.widths=(4,8)',
+    '--config.model.hidden_units=32',
+    '--config.global_batch_size=32',
+    '--config.num_train_steps=48',
+    '--config.warmup_steps=4',
+    '--config.checkpoint_every_steps=4',
+    '--config.log_every_steps=4',
+    '--config.train_split=train[:1024]',
+    '--config.eval_split=test[:100]',
+    '--config.eval_batch_size=100',
+]
 
 
 def test_kills_and_sigterms_leave_the_final_state_bit_identical(tmp_path):

@@ -36,8 +36,9 @@ def parse(*argv):
   return config.value
 
 
-@pytest.mark.parametrize('config_file', [MNIST, f'{IMAGENET}:googlenet', f'{IMAGENET}:inception_v3',
-                                         f'{IMAGENET}:synthetic'])
+@pytest.mark.parametrize(
+    'config_file', [MNIST, f'{IMAGENET}:googlenet', f'{IMAGENET}:inception_v3', f'{IMAGENET}:synthetic']
+)
 @pytest.mark.parametrize('override, field, value', OVERRIDES, ids=[o[1] for o in OVERRIDES])
 def test_every_readme_override_works_on_every_experiment(config_file, override, field, value):
   assert parse(f'--config={config_file}', override)[field] == value
@@ -50,8 +51,14 @@ def test_readme_variants_and_mnist_only_overrides():
     parse(f'--config={MNIST}', '--config.learning_rat=0.1')
 
 
-@pytest.mark.parametrize('get_config', [mnist_inception.get_config, lambda: imagenet_inception.get_config('googlenet'),
-                                        lambda: imagenet_inception.get_config('inception_v3')])
+@pytest.mark.parametrize(
+    'get_config',
+    [
+        mnist_inception.get_config,
+        lambda: imagenet_inception.get_config('googlenet'),
+        lambda: imagenet_inception.get_config('inception_v3'),
+    ],
+)
 def test_every_config_has_exactly_the_default_schema(get_config):
   schema = {k for k in default.get_config() if k != 'model'}
   fields = {k for k in get_config() if k != 'model'}

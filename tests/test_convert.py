@@ -22,16 +22,18 @@ from scripts.torch_refs import torchvision_inception as tv_inception
 
 def awkward_state_dict():
   base = torch.randn(6, 5)
-  return collections.OrderedDict([
-      ('conv.weight', torch.randn(4, 3, 2, 2)),
-      ('transposed', base.t()),  # a strided view
-      ('rows', base[2:]),  # an offset view sharing the storage above
-      ('scalar', torch.tensor(3.5)),
-      ('bn.num_batches_tracked', torch.tensor(7)),
-      ('half', torch.randn(3).half()),
-      ('bfloat', torch.randn(3).bfloat16()),
-      ('parameter', torch.nn.Parameter(torch.randn(2))),
-  ])
+  return collections.OrderedDict(
+      [
+          ('conv.weight', torch.randn(4, 3, 2, 2)),
+          ('transposed', base.t()),  # a strided view
+          ('rows', base[2:]),  # an offset view sharing the storage above
+          ('scalar', torch.tensor(3.5)),
+          ('bn.num_batches_tracked', torch.tensor(7)),
+          ('half', torch.randn(3).half()),
+          ('bfloat', torch.randn(3).bfloat16()),
+          ('parameter', torch.nn.Parameter(torch.randn(2))),
+      ]
+  )
 
 
 @pytest.mark.parametrize('zip_format', [True, False], ids=['zip', 'legacy'])
@@ -81,7 +83,7 @@ def hostile_files(tmp_path, marker):
   forms = {
       'bare_pickle.pth': evil,
       'legacy_magic.pth': evil + legacy,
-      'legacy_protocol.pth': magic + evil + legacy[len(magic) + len(protocol):],
+      'legacy_protocol.pth': magic + evil + legacy[len(magic) + len(protocol) :],
       'legacy_system_info.pth': magic + protocol + evil + pickle.dumps({}, protocol=2) + pickle.dumps([], protocol=2),
       'legacy_state_dict.pth': legacy[: -2 * len(pickle.dumps([], protocol=2))] + evil + pickle.dumps([], protocol=2),
       'legacy_storage_keys.pth': legacy[: -len(pickle.dumps([], protocol=2))] + evil,
@@ -103,8 +105,18 @@ def test_no_weight_file_can_run_code(tmp_path):
     assert not marker.exists(), f'{name} ran its code'
   # The same files through the script: one line on stderr, exit status 1, no traceback.
   for name in ('bare_pickle.pth', 'legacy_system_info.pth', 'zip_state_dict.pth'):
-    run = subprocess.run([sys.executable, '-m', 'scripts.convert_weights', '--model=inception_v3_fid',
-                          tmp_path / name, tmp_path / 'out'], capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'scripts.convert_weights',
+            '--model=inception_v3_fid',
+            tmp_path / name,
+            tmp_path / 'out',
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 1 and run.stderr.count('\n') == 1 and run.stderr.startswith('error: '), run.stderr
   assert not marker.exists()
 
@@ -162,7 +174,9 @@ def test_script_converts_torchvision_googlenet_and_load_pretrained_restores_it(t
   torch.save(state, tmp_path / 'googlenet.pth')
   assert run_script('--source=torchvision', '--model=googlenet', tmp_path / 'googlenet.pth', tmp_path / 'ckpt') == 0
   out = capsys.readouterr().out
-  assert 'wrote' in out and 'unexpected (ignored)' not in out  # like torchvision's builder, the untrained heads are left out
+  assert (
+      'wrote' in out and 'unexpected (ignored)' not in out
+  )  # like torchvision's builder, the untrained heads are left out
 
   model, variables = models.load_pretrained('googlenet', tmp_path / 'ckpt')
   assert (model.layout, model.transform_input, model.aux_logits, model.drop_rate) == ('torchvision', True, False, 0.2)
@@ -184,7 +198,9 @@ def test_script_reports_missing_and_unexpected_keys(tmp_path, capsys):
   del state['inception5b.branch4.1.bn.running_mean']
   state['head.weight'] = np.zeros((2, 2), np.float32)
   torch_files.write_safetensors(tmp_path / 'broken.safetensors', state)
-  assert run_script('--source=torchvision', '--model=googlenet', tmp_path / 'broken.safetensors', tmp_path / 'ckpt') == 1
+  assert (
+      run_script('--source=torchvision', '--model=googlenet', tmp_path / 'broken.safetensors', tmp_path / 'ckpt') == 1
+  )
   captured = capsys.readouterr()
   assert 'unexpected (ignored): head.weight' in captured.out
   assert 'missing: batch_stats/inception5b/branch_pool/bn/mean' in captured.out
@@ -199,7 +215,8 @@ def test_timm_inception_v3_from_safetensors(tmp_path):
   # timm feeds [-1, 1] inputs itself: no transform_input; classes and aux head from the file.
   assert (model.transform_input, model.num_classes, model.aux_logits, model.drop_rate) == (False, 10, True, 0.3)
   np.testing.assert_array_equal(
-      variables['params']['AuxLogits']['conv1']['conv']['kernel'], state['AuxLogits.conv1.conv.weight'].transpose(2, 3, 1, 0)
+      variables['params']['AuxLogits']['conv1']['conv']['kernel'],
+      state['AuxLogits.conv1.conv.weight'].transpose(2, 3, 1, 0),
   )
 
 

@@ -23,8 +23,15 @@ def config_for_test(num_train_steps):
 
   # A constant schedule after warmup: stopping at step 2 and going on to 4 follows the
   # same learning rates as one run to 4.
-  return tiny_config(train_split='train[:2048]', eval_split='test[:256]', eval_batch_size=128, lr_schedule='constant',
-                     num_train_steps=num_train_steps, log_every_steps=1, checkpoint_every_steps=2)
+  return tiny_config(
+      train_split='train[:2048]',
+      eval_split='test[:256]',
+      eval_batch_size=128,
+      lr_schedule='constant',
+      num_train_steps=num_train_steps,
+      log_every_steps=1,
+      checkpoint_every_steps=2,
+  )
 
 
 def worker(coordinator: str, process_id: int, workdir: str) -> None:
@@ -72,8 +79,14 @@ def test_two_processes_train_checkpoint_resume_and_match_one(tmp_path):
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', PYTHONPATH=str(ROOT))
   script = 'import sys; sys.path.insert(0, "tests"); import test_distributed; test_distributed.worker({!r}, {}, {!r})'
   workers = [
-      subprocess.Popen([sys.executable, '-c', script.format(coordinator, i, str(workdir))], cwd=ROOT, env=env,
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      subprocess.Popen(
+          [sys.executable, '-c', script.format(coordinator, i, str(workdir))],
+          cwd=ROOT,
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT,
+          text=True,
+      )
       for i in range(2)
   ]
   outputs = [w.communicate(timeout=300)[0] for w in workers]
@@ -89,7 +102,9 @@ def test_two_processes_train_checkpoint_resume_and_match_one(tmp_path):
 
   # The step the processes saved on SIGTERM holds the state one process reaches.
   checkpointer = checkpoint.Checkpointer(str(workdir / 'checkpoints'), save_every_steps=2, keep=2)
-  restored, _ = checkpointer.restore(checkpoint.abstract_with_shardings(single, jax.tree.map(lambda x: x.sharding, single)))
+  restored, _ = checkpointer.restore(
+      checkpoint.abstract_with_shardings(single, jax.tree.map(lambda x: x.sharding, single))
+  )
   checkpointer.close()
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(single)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)

@@ -15,6 +15,7 @@ from model_utils import abstract_apply, cheap_jit, param_count, random_variables
 from scripts.torch_refs import nchw, numpy_state_dict, randomize
 from scripts.torch_refs import torchvision_googlenet as tv_googlenet
 
+
 @functools.cache
 def shapes(**fields):
   return variable_shapes(GoogLeNet(**fields))
@@ -100,7 +101,10 @@ def test_torchvision_weights_give_torchvision_logits():
   torch.manual_seed(0)
   reference = randomize(tv_googlenet.GoogLeNet(transform_input=True), torch.randn(4, 3, 64, 64))
   model, variables, missing, unexpected = convert.convert_state_dict(
-      'googlenet', numpy_state_dict(reference), source='torchvision', aux_logits=True  # torchvision ships them untrained
+      'googlenet',
+      numpy_state_dict(reference),
+      source='torchvision',
+      aux_logits=True,  # torchvision ships them untrained
   )
   assert missing == [] and unexpected == []
   assert (model.layout, model.transform_input, model.aux_logits) == ('torchvision', True, True)

@@ -19,10 +19,24 @@ def mnist_at(size, **fields):
   config = imagenet_inception.get_config('mnist_inception')
   config.model.update(widths=(4, 8), hidden_units=32, image_size=size, in_channels=3, drop_rate=0.0, dtype='float32')
   config.update(
-      dataset='mnist', train_split='train', eval_split='test[:500]', image_size=size, crop_area_range=(0.5, 1.0),
-      random_flip=False, normalization='none', shuffle_buffer_size=1000, global_batch_size=32, eval_batch_size=250,
-      optimizer='adam', learning_rate=2e-3, num_train_steps=40, warmup_steps=5, lr_schedule='cosine',
-      log_every_steps=20, checkpoint_every_steps=40, eval_every_steps=0,
+      dataset='mnist',
+      train_split='train',
+      eval_split='test[:500]',
+      image_size=size,
+      crop_area_range=(0.5, 1.0),
+      random_flip=False,
+      normalization='none',
+      shuffle_buffer_size=1000,
+      global_batch_size=32,
+      eval_batch_size=250,
+      optimizer='adam',
+      learning_rate=2e-3,
+      num_train_steps=40,
+      warmup_steps=5,
+      lr_schedule='cosine',
+      log_every_steps=20,
+      checkpoint_every_steps=40,
+      eval_every_steps=0,
   )
   config.update(fields)
   return config

@@ -20,7 +20,6 @@ from inception_jax.models.inception_resnet_v2 import InceptionResnetV2
 from model_utils import cheap_jit, variable_shapes
 from scripts.torch_refs import randomize, timm_inception_resnet_v2
 
-
 # timm's feature_info taps, then the pooled features; the same in training and evaluation.
 FEATURES = {'conv2d_2b', 'conv2d_4a', 'repeat', 'repeat_1', 'conv2d_7b', 'pre_logits'}
 
@@ -90,7 +89,9 @@ def test_training_features_options_and_dtypes():
   model = InceptionResnetV2(num_classes=0, global_pool='max', drop_rate=0.2, dtype=jnp.bfloat16)
   variables = variable_shapes(model, (1, 75, 75, 3))
   x = jnp.zeros((2, 91, 75, 3))
-  train_apply = functools.partial(model.apply, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(0)})
+  train_apply = functools.partial(
+      model.apply, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(0)}
+  )
   (logits, features), _ = jax.eval_shape(train_apply, variables, x)
   assert set(features) == FEATURES  # as in evaluation (test_logits_match_timm_reference)
   assert logits.shape == (2, 1536)  # num_classes=0: the pooled features

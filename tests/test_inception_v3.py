@@ -50,14 +50,20 @@ def test_every_size_from_75_works_with_the_same_weights_and_keys():
   train_logits, train_features = abstract_apply(model, variables, (2, 75, 75, 3), train=True)
   assert train_logits.shape == (2, 1000) and list(train_features) == keys
   assert {k: features[k].shape[1:] for k in ('maxpool1', 'maxpool2', 'Mixed_6e', 'Mixed_7c')} == {
-      'maxpool1': (73, 73, 64), 'maxpool2': (35, 35, 192), 'Mixed_6e': (17, 17, 768), 'Mixed_7c': (8, 8, 2048)}
+      'maxpool1': (73, 73, 64),
+      'maxpool2': (35, 35, 192),
+      'Mixed_6e': (17, 17, 768),
+      'Mixed_7c': (8, 8, 2048),
+  }
 
 
 def test_options_num_classes_pool_and_dtype():
   variables = shapes(num_classes=0)
   logits, features = abstract_apply(InceptionV3(num_classes=0), variables, (1, 75, 75, 3))
   assert logits.shape == (1, 2048) and 'aux_logits' not in features and 'fc' not in variables['params']
-  logits, _ = abstract_apply(InceptionV3(global_pool='avgmax', aux_logits=False), shapes(aux_logits=False), (1, 75, 75, 3))
+  logits, _ = abstract_apply(
+      InceptionV3(global_pool='avgmax', aux_logits=False), shapes(aux_logits=False), (1, 75, 75, 3)
+  )
   assert logits.shape == (1, 1000)
   variables = shapes(dtype=jnp.bfloat16)
   assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
@@ -68,8 +74,12 @@ def test_options_num_classes_pool_and_dtype():
 def test_torchvision_weights_give_torchvision_logits():
   torch.manual_seed(0)
   # Calibrated at 299x299, where torchvision's aux head runs in training.
-  reference = randomize(tv_inception.Inception3(transform_input=True), torch.randn(2, 3, 299, 299))  # aux BN needs 2 at 1x1
-  model, variables, missing, unexpected = convert.convert_state_dict('inception_v3', numpy_state_dict(reference), source='torchvision')
+  reference = randomize(
+      tv_inception.Inception3(transform_input=True), torch.randn(2, 3, 299, 299)
+  )  # aux BN needs 2 at 1x1
+  model, variables, missing, unexpected = convert.convert_state_dict(
+      'inception_v3', numpy_state_dict(reference), source='torchvision'
+  )
   assert missing == [] and unexpected == []
   assert (model.transform_input, model.aux_logits) == (True, True)
 
@@ -94,7 +104,9 @@ def test_pytorch_fid_weights_give_pytorch_fid_features():
   calibration = 2 * torch.nn.functional.interpolate(torch.rand(2, 3, 64, 80), size=(299, 299), mode='bilinear') - 1
   network = randomize(fid_ref.fid_inception_v3(), calibration, seed=1)
   extractor = fid_ref.InceptionV3(network, output_blocks=(0, 1, 2, 3)).eval()  # resize and normalize, as FID runs it
-  model, variables, missing, unexpected = convert.convert_state_dict('inception_v3_fid', numpy_state_dict(network), source='pytorch_fid')
+  model, variables, missing, unexpected = convert.convert_state_dict(
+      'inception_v3_fid', numpy_state_dict(network), source='pytorch_fid'
+  )
   assert missing == [] and unexpected == []
   assert model.num_classes == 1008 and not model.aux_logits
 
@@ -103,7 +115,9 @@ def test_pytorch_fid_weights_give_pytorch_fid_features():
   logits, features = apply(variables, x)
   with torch.no_grad():
     taps = extractor(nchw(x))
-    expected = network(2 * torch.nn.functional.interpolate(nchw(x), size=(299, 299), mode='bilinear', align_corners=False) - 1)
+    expected = network(
+        2 * torch.nn.functional.interpolate(nchw(x), size=(299, 299), mode='bilinear', align_corners=False) - 1
+    )
   for tap, (dims, key) in zip(taps, inception_v3.FID_FEATURES.items()):
     tap = tap.numpy().transpose(0, 2, 3, 1)
     assert tap.shape[-1] == dims

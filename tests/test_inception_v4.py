@@ -21,7 +21,6 @@ from inception_jax.models.inception_v4 import InceptionV4
 from model_utils import cheap_jit, variable_shapes
 from scripts.torch_refs import randomize, timm_inception_v4
 
-
 # timm's feature_info taps, then the pooled features; the same in training and evaluation.
 FEATURES = {'features_2', 'features_3', 'features_9', 'features_17', 'features_21', 'pre_logits'}
 
@@ -92,7 +91,9 @@ def test_training_features_options_and_dtypes():
   model = InceptionV4(num_classes=0, global_pool='avgmax', drop_rate=0.2, dtype=jnp.bfloat16)
   variables = variable_shapes(model, (1, 75, 75, 3))
   x = jnp.zeros((2, 75, 91, 3))
-  train_apply = functools.partial(model.apply, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(0)})
+  train_apply = functools.partial(
+      model.apply, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(0)}
+  )
   (logits, features), _ = jax.eval_shape(train_apply, variables, x)
   assert set(features) == FEATURES  # as in evaluation (test_logits_match_timm_reference)
   assert logits.shape == (2, 1536)  # num_classes=0: the pooled features

@@ -63,13 +63,19 @@ def network(tmp_path_factory):
   calibration = 2 * torch.nn.functional.interpolate(torch.rand(2, 3, 40, 48), size=(299, 299), mode='bilinear') - 1
   torch_network = randomize(fid_ref.fid_inception_v3(), calibration, seed=1)
   model, variables, missing, unexpected = convert.convert_state_dict(
-      'inception_v3_fid', numpy_state_dict(torch_network), source='pytorch_fid')
+      'inception_v3_fid', numpy_state_dict(torch_network), source='pytorch_fid'
+  )
   assert missing == [] and unexpected == []
   folder = tmp_path_factory.mktemp('weights')
   torch.save(torch_network.state_dict(), folder / 'pt_inception-random.pth')
   pretrained.save_pretrained(folder / 'converted', 'inception_v3_fid', convert.model_config(model), variables)
-  return types.SimpleNamespace(torch=torch_network, model=model, variables=variables,
-                               pth=str(folder / 'pt_inception-random.pth'), converted=str(folder / 'converted'))
+  return types.SimpleNamespace(
+      torch=torch_network,
+      model=model,
+      variables=variables,
+      pth=str(folder / 'pt_inception-random.pth'),
+      converted=str(folder / 'converted'),
+  )
 
 
 @pytest.fixture(scope='module')
@@ -99,16 +105,17 @@ def torch_fidelity_isc(feature, splits=10, shuffle=True, rng_seed=2020):
   log_p = feature.log_softmax(dim=1)
   scores = []
   for i in range(splits):
-    p_chunk = p[(i * N // splits):((i + 1) * N // splits), :]
-    log_p_chunk = log_p[(i * N // splits):((i + 1) * N // splits), :]
+    p_chunk = p[(i * N // splits) : ((i + 1) * N // splits), :]
+    log_p_chunk = log_p[(i * N // splits) : ((i + 1) * N // splits), :]
     q_chunk = p_chunk.mean(dim=0, keepdim=True)
     kl = p_chunk * (log_p_chunk - q_chunk.log())
     scores.append(kl.sum(dim=1).mean().exp().item())
   return float(np.mean(scores)), float(np.std(scores))
 
 
-def torch_fidelity_kid(features_1, features_2, kid_subsets=100, kid_subset_size=1000, degree=3, gamma=None, coef0=1,
-                       rng_seed=2020):
+def torch_fidelity_kid(
+    features_1, features_2, kid_subsets=100, kid_subset_size=1000, degree=3, gamma=None, coef0=1, rng_seed=2020
+):
   def polynomial_kernel(X, Y):
     g = 1.0 / X.shape[1] if gamma is None else gamma
     return (np.matmul(X, Y.T) * g + coef0) ** degree
@@ -135,8 +142,9 @@ def test_fid_matches_pytorch_fid_end_to_end(network, folders):
   # What scripts.fid computes, from pytorch-fid's kind of weight file.
   ours = metrics.calculate_metrics([folders.a, folders.b], metrics=('fid', 'is', 'kid'), weights=network.pth, **SMALL)
   extractor = fid_ref.InceptionV3(network.torch, output_blocks=(3,)).eval()  # pytorch-fid's, its weights replaced
-  activations = [fid_score.get_activations(fid_score.image_files(p), extractor, 50, 2048, 'cpu', 0)
-                 for p in (folders.a, folders.b)]
+  activations = [
+      fid_score.get_activations(fid_score.image_files(p), extractor, 50, 2048, 'cpu', 0) for p in (folders.a, folders.b)
+  ]
   (m1, s1), (m2, s2) = [(np.mean(a, axis=0), np.cov(a, rowvar=False)) for a in activations]  # l. 229-230
   expected = fid_score.calculate_frechet_distance(m1, s1, m2, s2)  # scipy's sqrtm
   # On the same 2048-d statistics, the eigh route gives scipy's number.
@@ -199,7 +207,7 @@ def test_accumulator_gives_numpys_mean_and_covariance_for_any_batches():
     accumulator = metrics.Accumulator(extract, keep_features=True, keep_logits=True)
     start = 0
     for size in batches:
-      padded = np.concatenate([images[start:start + size], np.zeros((3, 2, 3, 2))])  # padding masked out
+      padded = np.concatenate([images[start : start + size], np.zeros((3, 2, 3, 2))])  # padding masked out
       accumulator.update(padded, num_valid=size)
       start += size
     stats = accumulator.result()
@@ -232,8 +240,9 @@ def test_kid_is_torch_fidelitys():
   # torch-fidelity runs in the features' float32; in float64 the same code gives ours to rounding.
   assert kid == pytest.approx(torch_fidelity_kid(f1.astype(np.float64), f2.astype(np.float64), 7, 20), rel=1e-10)
   assert kid == pytest.approx(torch_fidelity_kid(f1, f2, 7, 20), rel=1e-4)
-  assert metrics.kernel_inception_distance(f1, f2, subsets=3, subset_size=10, degree=2, gamma=0.5, coef0=0) == \
-      pytest.approx(torch_fidelity_kid(f1.astype(np.float64), f2.astype(np.float64), 3, 10, 2, 0.5, 0), rel=1e-10)
+  assert metrics.kernel_inception_distance(
+      f1, f2, subsets=3, subset_size=10, degree=2, gamma=0.5, coef0=0
+  ) == pytest.approx(torch_fidelity_kid(f1.astype(np.float64), f2.astype(np.float64), 3, 10, 2, 0.5, 0), rel=1e-10)
   with pytest.raises(ValueError, match=r'subset size 41 .*\(first set: 40'):
     metrics.kernel_inception_distance(f1, f2, subset_size=41)
 
@@ -243,8 +252,18 @@ def test_cli_json_save_stats_and_every_kind_of_path(network, folders, tmp_path, 
   # what the .pth file gives; statistics files round trip; an .npz of images reads like the folder.
   # (IS and KID at 2048 through the same calculate_metrics: the parity test.)
   def run(*paths, weights=network.pth, metrics_flag='--metrics=fid,kid'):
-    assert run_cli(*paths, '--dims=64', f'--weights={weights}', metrics_flag, '--kid_subsets=5', '--kid_subset_size=5',
-                   '--json') == 0
+    assert (
+        run_cli(
+            *paths,
+            '--dims=64',
+            f'--weights={weights}',
+            metrics_flag,
+            '--kid_subsets=5',
+            '--kid_subset_size=5',
+            '--json',
+        )
+        == 0
+    )
     return json.loads(capsys.readouterr().out.splitlines()[-1])
 
   direct = run(folders.a, folders.b)
@@ -294,16 +313,22 @@ def bad_inputs(root):
   return root
 
 
-@pytest.mark.parametrize('paths, message', [
-    (['unreadable', 'stats3.npz'], r'^cannot read image .*unreadable/001\.png: UnidentifiedImageError'),
-    (['empty', 'stats3.npz'], r'^\S*empty holds no images \(pytorch-fid reads \*\.bmp, .*\*\.png'),
-    (['sizes', 'stats3.npz'], r'^images of different sizes in \S*sizes: 000\.png is 8x8, 001\.png is 10x8'),
-    (['stats3.npz', 'stats4.npz'], r'^statistics of different dimensions: 3-d .* and 4-d'),
-    (['one', 'stats3.npz'], r'one: FID statistics need at least 2 images, got 1'),
-    (['tfds:mnistt', 'stats3.npz'], r"^Unknown TFDS dataset 'mnistt'.*mnist.*\(in tfds:mnistt; the form is tfds:NAME"),
-    (['stats3.npz', 'tfds:mnist:validation'], r"no split 'validation'; splits: .*test"),
-    (['stats3.npz'], r'give two paths'),
-])
+@pytest.mark.parametrize(
+    'paths, message',
+    [
+        (['unreadable', 'stats3.npz'], r'^cannot read image .*unreadable/001\.png: UnidentifiedImageError'),
+        (['empty', 'stats3.npz'], r'^\S*empty holds no images \(pytorch-fid reads \*\.bmp, .*\*\.png'),
+        (['sizes', 'stats3.npz'], r'^images of different sizes in \S*sizes: 000\.png is 8x8, 001\.png is 10x8'),
+        (['stats3.npz', 'stats4.npz'], r'^statistics of different dimensions: 3-d .* and 4-d'),
+        (['one', 'stats3.npz'], r'one: FID statistics need at least 2 images, got 1'),
+        (
+            ['tfds:mnistt', 'stats3.npz'],
+            r"^Unknown TFDS dataset 'mnistt'.*mnist.*\(in tfds:mnistt; the form is tfds:NAME",
+        ),
+        (['stats3.npz', 'tfds:mnist:validation'], r"no split 'validation'; splits: .*test"),
+        (['stats3.npz'], r'give two paths'),
+    ],
+)
 def test_bad_input_is_one_line_on_stderr(tmp_path, capsys, paths, message):
   root = bad_inputs(tmp_path)
   assert run_cli(*[p if p.startswith('tfds:') else root / p for p in paths]) == 1
@@ -314,8 +339,13 @@ def test_bad_input_is_one_line_on_stderr(tmp_path, capsys, paths, message):
 
 def test_cli_errors_exit_with_status_1_and_no_traceback(tmp_path):
   root = bad_inputs(tmp_path)
-  run = subprocess.run([sys.executable, '-m', 'scripts.fid', root / 'stats3.npz', root / 'stats4.npz'], cwd=ROOT,
-                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  run = subprocess.run(
+      [sys.executable, '-m', 'scripts.fid', root / 'stats3.npz', root / 'stats4.npz'],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      env=dict(os.environ, PYTHONPATH=str(ROOT)),
+  )
   assert run.returncode == 1 and 'Traceback' not in run.stderr, run.stderr
   assert run.stderr.strip().splitlines()[-1].startswith('error: statistics of different dimensions')
 
@@ -370,7 +400,7 @@ def run_independence(folder: str, weights: str) -> None:
     accumulator = metrics.Accumulator(extractor)
     for start in range(0, len(images), 8):
       batch = np.zeros((8, *images.shape[1:]), np.uint8)
-      batch[:len(images[start:start + 8])] = images[start:start + 8]
+      batch[: len(images[start : start + 8])] = images[start : start + 8]
       accumulator.update(jax.device_put(batch, parallel.batch_sharding(mesh)), num_valid=min(8, len(images) - start))
     accumulator.result().save(f'{folder}/jax.Array batches.{i}.npz')
 
@@ -379,16 +409,22 @@ def test_fid_does_not_depend_on_batch_size_devices_or_statistics_files(network, 
   rng = np.random.default_rng(3)
   np.savez(tmp_path / 'a.npz', rng.integers(0, 256, (10, 75, 75, 3), np.uint8))
   np.savez(tmp_path / 'b.npz', rng.integers(40, 200, (10, 75, 75, 3), np.uint8))
-  script = (f'import sys; sys.path.insert(0, {str(ROOT / "tests")!r}); import test_metrics; '
-            f'test_metrics.run_independence({str(tmp_path)!r}, {network.converted!r})')
-  env = dict(os.environ, PYTHONPATH=str(ROOT),
-             XLA_FLAGS='--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0')
+  script = (
+      f'import sys; sys.path.insert(0, {str(ROOT / "tests")!r}); import test_metrics; '
+      f'test_metrics.run_independence({str(tmp_path)!r}, {network.converted!r})'
+  )
+  env = dict(
+      os.environ,
+      PYTHONPATH=str(ROOT),
+      XLA_FLAGS='--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0',
+  )
   run = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, env=env, cwd=ROOT)
   assert run.returncode == 0, run.stderr[-3000:]
   names = sorted({p.name.rsplit('.', 2)[0] for p in tmp_path.glob('*.[01].npz')})
   assert len(names) == 7, names
-  fids = {name: metrics.fid(*[metrics.Statistics.load(str(tmp_path / f'{name}.{i}.npz')) for i in (0, 1)])
-          for name in names}
+  fids = {
+      name: metrics.fid(*[metrics.Statistics.load(str(tmp_path / f'{name}.{i}.npz')) for i in (0, 1)]) for name in names
+  }
   reference = fids['1 devices, batch 64']
   assert reference > 0 and all(metrics.Statistics.load(str(tmp_path / f'{n}.0.npz')).num_images == 10 for n in names)
   for name, value in fids.items():
@@ -405,11 +441,17 @@ def distributed_worker(coordinator: str, process_id: int, out: str) -> None:
   accumulator = metrics.Accumulator(PixelFeatures(parallel.make_mesh()), keep_features=True, keep_logits=True)
   for start in range(0, 30, 8):  # global batches of 8: each process's 4 rows, the last batch partial
     batch = np.zeros((8, 2, 3, 2), np.float32)
-    batch[:len(images[start:start + 8])] = images[start:start + 8]
-    accumulator.update(batch[4 * process_id:4 * process_id + 4], num_valid=min(8, 30 - start))
+    batch[: len(images[start : start + 8])] = images[start : start + 8]
+    accumulator.update(batch[4 * process_id : 4 * process_id + 4], num_valid=min(8, 30 - start))
   stats = accumulator.result()
-  np.savez(out.format(process_id), mu=stats.mu, sigma=stats.sigma, features=stats.features, logits=stats.logits,
-           count=stats.num_images)
+  np.savez(
+      out.format(process_id),
+      mu=stats.mu,
+      sigma=stats.sigma,
+      features=stats.features,
+      logits=stats.logits,
+      count=stats.num_images,
+  )
   jax.distributed.shutdown()
 
 
@@ -419,10 +461,20 @@ def test_two_processes_merge_statistics_and_rows_in_order(tmp_path):
     coordinator = f'localhost:{s.getsockname()[1]}'
   out = str(tmp_path / 'process{}.npz')
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', PYTHONPATH=str(ROOT))
-  script = ('import sys; sys.path.insert(0, "tests"); import test_metrics; '
-            'test_metrics.distributed_worker({!r}, {}, {!r})')
-  workers = [subprocess.Popen([sys.executable, '-c', script.format(coordinator, i, out)], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  script = (
+      'import sys; sys.path.insert(0, "tests"); import test_metrics; ' 'test_metrics.distributed_worker({!r}, {}, {!r})'
+  )
+  workers = [
+      subprocess.Popen(
+          [sys.executable, '-c', script.format(coordinator, i, out)],
+          cwd=ROOT,
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT,
+          text=True,
+      )
+      for i in range(2)
+  ]
   outputs = [w.communicate(timeout=300)[0] for w in workers]
   for i, (w, output) in enumerate(zip(workers, outputs)):
     assert w.returncode == 0, f'process {i}:\n{output[-3000:]}'

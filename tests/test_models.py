@@ -54,12 +54,19 @@ def test_seed_block_activation_placement():
 
   @jax.jit
   def reference(params, x):
-    return jax.nn.relu(jnp.concatenate([
-        conv('branch1x1', x),
-        conv('branch3x3', jax.nn.relu(conv('branch3x3_reduce', x))),
-        conv('branch5x5', jax.nn.relu(conv('branch5x5_reduce', x))),
-        conv('branch_pool', jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 1, 1, 1), 'SAME')),
-    ], -1))
+    return jax.nn.relu(
+        jnp.concatenate(
+            [
+                conv('branch1x1', x),
+                conv('branch3x3', jax.nn.relu(conv('branch3x3_reduce', x))),
+                conv('branch5x5', jax.nn.relu(conv('branch5x5_reduce', x))),
+                conv(
+                    'branch_pool', jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 1, 1, 1), 'SAME')
+                ),
+            ],
+            -1,
+        )
+    )
 
   assert y.shape == (2, 9, 9, 4 + 5 + 6 + 7)
   np.testing.assert_allclose(y, reference(params, x), rtol=1e-5, atol=1e-5)

@@ -10,9 +10,20 @@ from inception_jax.models import ops
 
 @pytest.mark.parametrize(
     'kernel, padding, strides',
-    [((1, 1), 'SAME', (1, 1)), ((3, 3), 'SAME', (1, 1)), ((5, 5), 'SAME', (1, 1)), ((1, 7), 'SAME', (1, 1)),
-     ((2, 2), 'SAME', (1, 1)), ((3, 3), 'VALID', (1, 1)), ((7, 7), ((3, 3), (3, 3)), (1, 1)), ((3, 3), 'VALID', (2, 2)),
-     ((7, 7), ((3, 3), (3, 3)), (2, 2)), ((3, 3), 'SAME', (2, 2)), ((1, 1), 'SAME', (2, 2)), ((3, 1), 'VALID', (1, 2))],
+    [
+        ((1, 1), 'SAME', (1, 1)),
+        ((3, 3), 'SAME', (1, 1)),
+        ((5, 5), 'SAME', (1, 1)),
+        ((1, 7), 'SAME', (1, 1)),
+        ((2, 2), 'SAME', (1, 1)),
+        ((3, 3), 'VALID', (1, 1)),
+        ((7, 7), ((3, 3), (3, 3)), (1, 1)),
+        ((3, 3), 'VALID', (2, 2)),
+        ((7, 7), ((3, 3), (3, 3)), (2, 2)),
+        ((3, 3), 'SAME', (2, 2)),
+        ((1, 1), 'SAME', (2, 2)),
+        ((3, 1), 'VALID', (1, 2)),
+    ],
 )
 def test_conv2d_formulations_agree_with_gradients(kernel, padding, strides):
   kx, kk, kg = jax.random.split(jax.random.PRNGKey(0), 3)
@@ -33,12 +44,14 @@ def test_conv2d_formulations_agree_with_gradients(kernel, padding, strides):
 
 @pytest.mark.parametrize(
     'window, stride, pads, size',
-    [(3, 1, ((1, 1), (1, 1)), (8, 7)),  # the Inception block's pool tower
-     (3, 2, ((1, 1), (1, 1)), (9, 8)),  # GoogLeNet (paper layout)
-     (3, 2, ((0, 1), (0, 0)), (8, 7)),  # torch's ceil mode: the last window overhangs
-     (2, 2, ((0, 1), (0, 1)), (7, 7)),  # torchvision GoogLeNet's maxpool4
-     (3, 2, ((0, 0), (0, 0)), (9, 10)),  # Inception v3/v4 reductions
-     (3, 3, ((0, 0), (0, 0)), (9, 9))],  # no overlap
+    [
+        (3, 1, ((1, 1), (1, 1)), (8, 7)),  # the Inception block's pool tower
+        (3, 2, ((1, 1), (1, 1)), (9, 8)),  # GoogLeNet (paper layout)
+        (3, 2, ((0, 1), (0, 0)), (8, 7)),  # torch's ceil mode: the last window overhangs
+        (2, 2, ((0, 1), (0, 1)), (7, 7)),  # torchvision GoogLeNet's maxpool4
+        (3, 2, ((0, 0), (0, 0)), (9, 10)),  # Inception v3/v4 reductions
+        (3, 3, ((0, 0), (0, 0)), (9, 9)),
+    ],  # no overlap
 )
 def test_max_pool_gradient_matches_xla_with_ties(window, stride, pads, size):
   # After a ReLU most inputs are 0: ties everywhere. XLA's select-and-scatter gives each

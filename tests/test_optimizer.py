@@ -11,8 +11,10 @@ from inception_jax import train
 
 def _config(**overrides):
   config = default.get_config()
-  config.update({'optimizer': 'adam', 'learning_rate': 1e-2, 'lr_schedule': 'constant', 'warmup_steps': 0,
-                 'num_train_steps': 10} | overrides)
+  config.update(
+      {'optimizer': 'adam', 'learning_rate': 1e-2, 'lr_schedule': 'constant', 'warmup_steps': 0, 'num_train_steps': 10}
+      | overrides
+  )
   return config
 
 

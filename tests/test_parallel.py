@@ -34,19 +34,32 @@ def run_variants(out: str) -> None:
     def traced(*args, **kwargs):  # runs only when jax.jit traces the step
       traces[fn.__name__] += 1
       return fn(*args, **kwargs)
+
     return traced
 
   results = {}
-  for name, fields in [('one', dict(num_devices=1)), ('eight', dict(num_devices=8)),
-                       ('sharded', dict(num_devices=8, shard_params=True, shard_min_size=4096))]:
-    config = tiny_config(train_split='train[:2048]', eval_split='test[:128]', eval_batch_size=64,
-                         num_train_steps=4, log_every_steps=1, checkpoint_every_steps=4, eval_every_steps=2)
+  for name, fields in [
+      ('one', dict(num_devices=1)),
+      ('eight', dict(num_devices=8)),
+      ('sharded', dict(num_devices=8, shard_params=True, shard_min_size=4096)),
+  ]:
+    config = tiny_config(
+        train_split='train[:2048]',
+        eval_split='test[:128]',
+        eval_batch_size=64,
+        num_train_steps=4,
+        log_every_steps=1,
+        checkpoint_every_steps=4,
+        eval_every_steps=2,
+    )
     with config.unlocked():
       config.update(fields)
     workdir = os.path.join(os.path.dirname(out), name)
     traces.clear()
-    with mock.patch.object(train, 'train_step', counted(train.train_step)), \
-         mock.patch.object(train, 'eval_step', counted(train.eval_step)):
+    with (
+        mock.patch.object(train, 'train_step', counted(train.train_step)),
+        mock.patch.object(train, 'eval_step', counted(train.eval_step)),
+    ):
       state, _ = train.train_and_evaluate(config, workdir)
     lines = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
     kernel, mu = state.params['fc1']['kernel'], state.opt_state[0].mu['fc1']['kernel']
@@ -58,8 +71,12 @@ def run_variants(out: str) -> None:
         'mu_spec': str(mu.sharding.spec),
         'devices': len(kernel.sharding.device_set),
     }
-    flat = {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(
-        {'params': state.params, 'batch_stats': state.batch_stats, 'opt_state': state.opt_state})}
+    flat = {
+        jax.tree_util.keystr(k): np.asarray(v)
+        for k, v in jax.tree_util.tree_leaves_with_path(
+            {'params': state.params, 'batch_stats': state.batch_stats, 'opt_state': state.opt_state}
+        )
+    }
     np.savez(os.path.join(os.path.dirname(out), f'{name}.npz'), **flat)
   with open(out, 'w') as f:
     json.dump(results, f)

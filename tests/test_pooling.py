@@ -26,7 +26,9 @@ def test_max_pool_matches_torch_at_every_small_size(window, stride, padding, cei
       with pytest.raises(ValueError, match='does not fit'):
         pooling.max_pool(x, window, stride, padding, ceil_mode=ceil_mode)
       continue
-    np.testing.assert_array_equal(pooling.max_pool(x, window, stride, padding, ceil_mode=ceil_mode), expected, err_msg=f'{size}')
+    np.testing.assert_array_equal(
+        pooling.max_pool(x, window, stride, padding, ceil_mode=ceil_mode), expected, err_msg=f'{size}'
+    )
 
 
 @pytest.mark.parametrize('count_include_pad', [True, False])
@@ -34,7 +36,9 @@ def test_max_pool_matches_torch_at_every_small_size(window, stride, padding, cei
 def test_avg_pool_matches_torch(window, stride, padding, count_include_pad):
   x = np.random.default_rng(0).normal(size=(2, 11, 8, 3)).astype(np.float32)
   expected = nhwc(F.avg_pool2d(nchw(x), window, stride, padding, count_include_pad=count_include_pad))
-  np.testing.assert_allclose(pooling.avg_pool(x, window, stride, padding, count_include_pad=count_include_pad), expected, atol=1e-6)
+  np.testing.assert_allclose(
+      pooling.avg_pool(x, window, stride, padding, count_include_pad=count_include_pad), expected, atol=1e-6
+  )
 
 
 @pytest.mark.parametrize('size', [(1, 1), (3, 5), (4, 4), (14, 14), (17, 9)])

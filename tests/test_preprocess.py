@@ -14,7 +14,9 @@ def images(shape=(2, 9, 7, 3), seed=0):
 
 def test_imagenet_and_inception_normalization():
   x = images()
-  np.testing.assert_allclose(preprocess.normalize_imagenet(x), (x - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225], atol=1e-5)
+  np.testing.assert_allclose(
+      preprocess.normalize_imagenet(x), (x - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225], atol=1e-5
+  )
   np.testing.assert_allclose(preprocess.normalize_inception(x), 2 * x - 1, atol=1e-6)
   assert float(preprocess.normalize_inception(np.zeros((1, 1, 1, 3), np.float32)).min()) == -1.0
 
@@ -53,8 +55,9 @@ def test_random_resized_crop_is_a_seeded_crop_of_the_requested_size():
   np.testing.assert_array_equal(crops[0], crops[1])  # a function of the seed
   assert not np.array_equal(crops[0], crops[2])
   # The whole image (area and aspect ratio 1) is just resized.
-  whole = preprocess.random_resized_crop(image[:30], 15, tf.constant([5, 6]), area_range=(1.0, 1.0),
-                                         aspect_ratio_range=(1.0, 1.0))
+  whole = preprocess.random_resized_crop(
+      image[:30], 15, tf.constant([5, 6]), area_range=(1.0, 1.0), aspect_ratio_range=(1.0, 1.0)
+  )
   expected = tf.image.resize(tf.cast(image[:30], tf.float32) / 255, (15, 15), antialias=True)
   np.testing.assert_allclose(whole, expected, atol=1e-6)
 

@@ -18,8 +18,14 @@ def params_of(state):
 
 
 def test_short_real_mnist_run_learns(tmp_path, make_config):
-  config = make_config(num_train_steps=60, global_batch_size=64, warmup_steps=5, checkpoint_every_steps=60,
-                       eval_split='test[:2000]', eval_batch_size=500)
+  config = make_config(
+      num_train_steps=60,
+      global_batch_size=64,
+      warmup_steps=5,
+      checkpoint_every_steps=60,
+      eval_split='test[:2000]',
+      eval_batch_size=500,
+  )
   workdir = str(tmp_path)
   _, final = train.train_and_evaluate(config, workdir)
   assert final['step'] == 60
@@ -45,7 +51,9 @@ def test_resumed_run_ends_with_the_same_parameters(tmp_path, make_config):
 
   assert final['step'] == 6
   jax.tree.map(np.testing.assert_array_equal, params_of(resumed), params_of(uninterrupted))
-  np.testing.assert_array_equal(resumed.opt_state[0].mu['fc1']['kernel'], uninterrupted.opt_state[0].mu['fc1']['kernel'])
+  np.testing.assert_array_equal(
+      resumed.opt_state[0].mu['fc1']['kernel'], uninterrupted.opt_state[0].mu['fc1']['kernel']
+  )
 
 
 def test_finished_run_evaluates_without_training(tmp_path, make_config):
@@ -88,10 +96,12 @@ def damage(step_dir, how):
     step_dir.mkdir()
 
 
-@pytest.mark.parametrize('how', ['truncated', 'overwritten', 'missing_metadata', 'garbage_metadata', 'missing_meta',
-                                 'empty_step_folder'])
-def test_damaged_latest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(tmp_path, make_config,
-                                                                                         finished_run, how):
+@pytest.mark.parametrize(
+    'how', ['truncated', 'overwritten', 'missing_metadata', 'garbage_metadata', 'missing_meta', 'empty_step_folder']
+)
+def test_damaged_latest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(
+    tmp_path, make_config, finished_run, how
+):
   template, uninterrupted = finished_run
   workdir = tmp_path / 'run'
   shutil.copytree(template, workdir)
@@ -122,11 +132,22 @@ def test_command_line_reports_a_failure_in_one_line_and_exits_non_zero(tmp_path,
   shutil.copytree(finished_run[0], workdir)
   damage(workdir / 'checkpoints' / '6', 'truncated')
   damage(workdir / 'checkpoints' / '3', 'missing_meta')
-  tiny = ['--config.model.widths=(4,8)', '--config.model.hidden_units=32', '--config.global_batch_size=32',
-          '--config.eval_batch_size=250', '--config.eval_split=test[:500]', '--config.num_train_steps=6',
-          '--config.warmup_steps=2', '--config.log_every_steps=2', '--config.checkpoint_every_steps=3']
-  run = subprocess.run([sys.executable, '-m', 'experiments.mnist_inception', f'--workdir={workdir}', *tiny],
-                       capture_output=True, text=True)
+  tiny = [
+      '--config.model.widths=(4,8)',
+      '--config.model.hidden_units=32',
+      '--config.global_batch_size=32',
+      '--config.eval_batch_size=250',
+      '--config.eval_split=test[:500]',
+      '--config.num_train_steps=6',
+      '--config.warmup_steps=2',
+      '--config.log_every_steps=2',
+      '--config.checkpoint_every_steps=3',
+  ]
+  run = subprocess.run(
+      [sys.executable, '-m', 'experiments.mnist_inception', f'--workdir={workdir}', *tiny],
+      capture_output=True,
+      text=True,
+  )
   assert run.returncode == 1
   assert run.stderr.splitlines()[-1].startswith('error: None of the checkpoints in ')
   assert 'Traceback' not in run.stderr and 'Event loop is closed' not in run.stderr, run.stderr[-3000:]
@@ -150,8 +171,9 @@ def test_resume_from_an_earlier_step_sets_later_ones_aside_once(tmp_path, make_c
 
 def test_divergence_names_the_newest_checkpoint_whose_weights_gave_a_finite_loss(tmp_path, make_config):
   # lr 1e4 from the start: step 1's loss is finite, the weights it leaves blow up at step 2.
-  config = make_config(learning_rate=1e4, warmup_steps=0, lr_schedule='constant', checkpoint_every_steps=1,
-                       log_every_steps=1)
+  config = make_config(
+      learning_rate=1e4, warmup_steps=0, lr_schedule='constant', checkpoint_every_steps=1, log_every_steps=1
+  )
   with pytest.raises(FloatingPointError, match='step 2.*; no checkpoint of this run precedes it'):
     train.train_and_evaluate(config, str(tmp_path / 'a'))
   assert not os.listdir(tmp_path / 'a' / 'checkpoints')  # step 1's weights were set aside
@@ -160,16 +182,19 @@ def test_divergence_names_the_newest_checkpoint_whose_weights_gave_a_finite_loss
   workdir = str(tmp_path / 'b')
   train.train_and_evaluate(make_config(num_train_steps=3), workdir)
   diverging = make_config(learning_rate=1e4, warmup_steps=0, lr_schedule='constant', num_train_steps=6)
-  with pytest.raises(FloatingPointError, match='the newest checkpoint whose weights still gave a finite loss is step 3: '
-                                               'lower the learning_rate'):
+  with pytest.raises(
+      FloatingPointError,
+      match='the newest checkpoint whose weights still gave a finite loss is step 3: ' 'lower the learning_rate',
+  ):
     train.train_and_evaluate(diverging, workdir)
   _, final = train.train_and_evaluate(make_config(), workdir)
   assert final['step'] == 6 and np.isfinite(final['test_loss'])
 
 
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT], ids=['SIGTERM', 'SIGINT'])
-def test_a_signal_saves_the_current_step_and_the_rerun_resumes_bit_identical(tmp_path, make_config, finished_run,
-                                                                             signum):
+def test_a_signal_saves_the_current_step_and_the_rerun_resumes_bit_identical(
+    tmp_path, make_config, finished_run, signum
+):
   from inception_jax import interrupts, parallel
 
   shard_batch, calls = parallel.shard_batch, []
@@ -181,7 +206,9 @@ def test_a_signal_saves_the_current_step_and_the_rerun_resumes_bit_identical(tmp
     return shard_batch(batch, mesh)
 
   with mock.patch.object(parallel, 'shard_batch', signal_during_step_4):
-    with pytest.raises(interrupts.StopRequested, match=f'Stopped by {signal.Signals(signum).name} after saving step 4') as stop:
+    with pytest.raises(
+        interrupts.StopRequested, match=f'Stopped by {signal.Signals(signum).name} after saving step 4'
+    ) as stop:
       train.train_and_evaluate(make_config(), str(tmp_path))
   assert stop.value.exit_code == 128 + signum
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '4']
@@ -212,11 +239,14 @@ def tiny_config_for_labels():
 def test_command_line_rejects_a_misspelt_config_field(tmp_path):
   run = subprocess.run(
       [sys.executable, '-m', 'experiments.mnist_inception', f'--workdir={tmp_path}', '--config.learning_rat=0.1'],
-      capture_output=True, text=True,
+      capture_output=True,
+      text=True,
   )
   assert run.returncode == 2
-  assert run.stderr.splitlines()[-1] == ("error: the config has no field 'learning_rat'; did you mean 'learning_rate'? "
-                                         '--print_config lists every field.')
+  assert run.stderr.splitlines()[-1] == (
+      "error: the config has no field 'learning_rat'; did you mean 'learning_rate'? "
+      '--print_config lists every field.'
+  )
   assert 'Traceback' not in run.stderr
 
 
@@ -238,6 +268,7 @@ def test_auxiliary_losses_are_added_with_their_weight():
   import optax
 
   class WithAux(nn.Module):
+
     @nn.compact
     def __call__(self, x, *, train):
       x = x.reshape(x.shape[0], -1)
@@ -251,7 +282,9 @@ def test_auxiliary_losses_are_added_with_their_weight():
   _, plain = train.train_step(state, batch)
   _, weighted = train.train_step(state, batch, aux_loss_weight=0.3)
   np.testing.assert_allclose(plain['loss'], ce(logits), rtol=1e-6)
-  np.testing.assert_allclose(weighted['loss'], ce(logits) + 0.3 * (ce(features['aux1']) + ce(features['aux2'])), rtol=1e-6)
+  np.testing.assert_allclose(
+      weighted['loss'], ce(logits) + 0.3 * (ce(features['aux1']) + ce(features['aux2'])), rtol=1e-6
+  )
 
 
 def test_label_smoothing_exponential_decay_and_weight_decay_of_kernels_only(make_config):
@@ -288,7 +321,9 @@ def test_plot_metrics_overlays_runs_in_one_png(tmp_path, finished_run):
 
   other = tmp_path / 'other'
   other.mkdir()
-  (other / 'metrics.jsonl').write_text('{"step": 2, "train_loss": 1.0, "train_accuracy": 0.5, "learning_rate": 0.1}\n{"step": 4, "tra')
+  (other / 'metrics.jsonl').write_text(
+      '{"step": 2, "train_loss": 1.0, "train_accuracy": 0.5, "learning_rate": 0.1}\n{"step": 4, "tra'
+  )
   plot_metrics.plot([str(finished_run[0]), str(other)], str(tmp_path / 'curves.png'))
   assert (tmp_path / 'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   with pytest.raises(ValueError, match='has no metrics.jsonl'):

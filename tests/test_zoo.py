@@ -56,8 +56,11 @@ def bad_images(name):
   model, _ = model_and_shapes(name)
   c, size, small = model.in_channels, model.image_size, min_size(model)
   other_c = 1 if c == 3 else 3
-  cases = [((size, size, c), 'Add a batch axis'), ((1, size, size, other_c), f'expects {c} input channel'),
-           ((1, c, size, size), 'NHWC')]
+  cases = [
+      ((size, size, c), 'Add a batch axis'),
+      ((1, size, size, other_c), f'expects {c} input channel'),
+      ((1, c, size, size), 'NHWC'),
+  ]
   if small:
     cases.append(((1, small - 1, size, c), f'at least {small}x{small}'))
   else:
@@ -81,8 +84,9 @@ def test_every_parameter_gets_a_gradient(name):
   x = jnp.zeros((2, size, size, model.in_channels))
 
   def loss(params, others):
-    (logits, features), _ = model.apply({**others, 'params': params}, x, train=True,
-                                        rngs={'dropout': jax.random.PRNGKey(0)}, mutable=['batch_stats'])
+    (logits, features), _ = model.apply(
+        {**others, 'params': params}, x, train=True, rngs={'dropout': jax.random.PRNGKey(0)}, mutable=['batch_stats']
+    )
     return logits.sum() + sum(v.sum() for k, v in features.items() if k.startswith('aux'))
 
   params = variables['params']
@@ -94,7 +98,11 @@ def test_every_parameter_gets_a_gradient(name):
     if isinstance(var, jax.extend.core.Literal):
       return True
     eqn = producers.get(id(var))
-    return eqn is not None and eqn.primitive.name == 'broadcast_in_dim' and isinstance(eqn.invars[0], jax.extend.core.Literal)
+    return (
+        eqn is not None
+        and eqn.primitive.name == 'broadcast_in_dim'
+        and isinstance(eqn.invars[0], jax.extend.core.Literal)
+    )
 
   paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
   without = [path for path, var in zip(paths, closed.jaxpr.outvars) if is_zero(var)]

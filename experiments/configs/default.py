@@ -15,7 +15,9 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = 'mnist_inception'  # a name from inception_jax.models.list_models(); other model.* fields are its own
+  config.model.name = (
+      'mnist_inception'  # a name from inception_jax.models.list_models(); other model.* fields are its own
+  )
   config.model.dtype = 'float32'  # compute dtype; parameters and BatchNorm statistics stay float32
 
   # Data.
@@ -61,7 +63,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.rmsprop_decay = 0.9
   config.rmsprop_eps = 1.0  # inside the square root, as TensorFlow 1
   config.weight_decay = 0.0  # L2 on kernels (rank >= 2), added to the gradient
-  config.lr_multipliers = ml_collections.ConfigDict()  # learning-rate factor per top-level module: --config.lr_multipliers.fc1=0.1
+  config.lr_multipliers = (
+      ml_collections.ConfigDict()
+  )  # learning-rate factor per top-level module: --config.lr_multipliers.fc1=0.1
   config.label_smoothing = 0.0
   config.aux_loss_weight = 0.3  # per auxiliary classifier (GoogLeNet's paper)
 

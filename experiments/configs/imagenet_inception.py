@@ -48,7 +48,7 @@ def get_config(variant: str = 'googlenet') -> ml_collections.ConfigDict:
   model = 'googlenet' if variant == 'synthetic' else variant
   if model not in models.list_models():
     raise ValueError(
-        f'Unknown variant {variant!r} of imagenet_inception\'s config; use a model name '
+        f"Unknown variant {variant!r} of imagenet_inception's config; use a model name "
         f'({", ".join(models.list_models())}) or synthetic.'
     )
   googlenet_like = model in GOOGLENET_MODELS

@@ -142,7 +142,9 @@ def check_image_batch(x, *, model: str, channels: int, min_size: int | None = No
     )
   _, h, w, c = shape
   if c != channels:
-    hint = ' Inputs are NHWC (channels last): transpose NCHW arrays with x.transpose(0, 2, 3, 1).' if h == channels else ''
+    hint = (
+        ' Inputs are NHWC (channels last): transpose NCHW arrays with x.transpose(0, 2, 3, 1).' if h == channels else ''
+    )
     raise ValueError(f'{model} expects {channels} input channel(s), got {c} (input shape {shape}).{hint}')
   if size is not None and (h, w) != (size, size):
     raise ValueError(f'{model} takes {size}x{size} images only (its dense layer is sized for them), got {h}x{w}.')

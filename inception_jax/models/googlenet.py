@@ -61,6 +61,7 @@ WIDTHS = {
     'inception5b': (384, 192, 384, 48, 128, 128),
 }
 
+
 class GoogLeNetAux(nn.Module):
   """An auxiliary classifier: pool to 4x4, 1x1 conv 128, fc1 1024 + ReLU, dropout, fc2."""
 
@@ -112,13 +113,17 @@ class GoogLeNet(nn.Module):
       raise ValueError(f"GoogLeNet layout must be 'paper' or 'torchvision', got {self.layout!r}.")
     torchvision = self.layout == 'torchvision'
     if torchvision and not self.use_batchnorm:
-      raise ValueError("layout='torchvision' has BatchNorm after every convolution; use_batchnorm=False needs layout='paper'.")
+      raise ValueError(
+          "layout='torchvision' has BatchNorm after every convolution; use_batchnorm=False needs layout='paper'."
+      )
     stem_reduce = torchvision if self.stem_reduce is None else self.stem_reduce
 
     # torch BatchNorm2d(eps=1e-3, momentum=0.1) == Flax momentum 0.9.
     norm = None
     if self.use_batchnorm:
-      norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-3, dtype=self.dtype)
+      norm = functools.partial(
+          nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-3, dtype=self.dtype
+      )
     conv = functools.partial(ConvBlock, norm=norm, dtype=self.dtype)
     if torchvision:
       pool = functools.partial(pooling.max_pool, stride=2, ceil_mode=True)

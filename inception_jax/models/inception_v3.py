@@ -126,16 +126,22 @@ class InceptionE(nn.Module):
     conv = self.conv
     b1 = conv(320, (1, 1), name='branch1x1')(x)
     b3 = conv(384, (1, 1), name='branch3x3_1')(x)
-    b3 = jnp.concatenate([
-        conv(384, (1, 3), padding='SAME', name='branch3x3_2a')(b3),
-        conv(384, (3, 1), padding='SAME', name='branch3x3_2b')(b3),
-    ], axis=-1)
+    b3 = jnp.concatenate(
+        [
+            conv(384, (1, 3), padding='SAME', name='branch3x3_2a')(b3),
+            conv(384, (3, 1), padding='SAME', name='branch3x3_2b')(b3),
+        ],
+        axis=-1,
+    )
     bd = conv(448, (1, 1), name='branch3x3dbl_1')(x)
     bd = conv(384, (3, 3), padding='SAME', name='branch3x3dbl_2')(bd)
-    bd = jnp.concatenate([
-        conv(384, (1, 3), padding='SAME', name='branch3x3dbl_3a')(bd),
-        conv(384, (3, 1), padding='SAME', name='branch3x3dbl_3b')(bd),
-    ], axis=-1)
+    bd = jnp.concatenate(
+        [
+            conv(384, (1, 3), padding='SAME', name='branch3x3dbl_3a')(bd),
+            conv(384, (3, 1), padding='SAME', name='branch3x3dbl_3b')(bd),
+        ],
+        axis=-1,
+    )
     bp = conv(192, (1, 1), name='branch_pool')(self.pool(x))
     return jnp.concatenate([b1, b3, bd, bp], axis=-1)
 
@@ -188,7 +194,9 @@ class InceptionV3(nn.Module):
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-3, dtype=self.dtype)
     conv = functools.partial(ConvBlock, padding='VALID', norm=norm, dtype=self.dtype)
     avg = functools.partial(pooling.avg_pool, window=3, stride=1, padding=1, count_include_pad=self.count_include_pad)
-    last_pool = avg if self.mixed_7c_pool == 'avg' else functools.partial(pooling.max_pool, window=3, stride=1, padding=1)
+    last_pool = (
+        avg if self.mixed_7c_pool == 'avg' else functools.partial(pooling.max_pool, window=3, stride=1, padding=1)
+    )
 
     if self.transform_input:
       x = preprocess.transform_input(x)

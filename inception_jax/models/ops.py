@@ -68,7 +68,7 @@ def max_pool(x, window: int, stride: int, pads: Sequence[tuple[int, int]], *, im
     return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), pads)
   (top, bottom), (left, right) = pads
   # A negative pad drops rows or columns that no window reaches (as reduce_window does).
-  x = x[:, :x.shape[1] + min(bottom, 0), :x.shape[2] + min(right, 0), :]
+  x = x[:, : x.shape[1] + min(bottom, 0), : x.shape[2] + min(right, 0), :]
   return _max_pool_views(x, window, stride, ((top, max(bottom, 0)), (left, max(right, 0))))
 
 
@@ -80,8 +80,11 @@ def max_pool_3x3_same(x, *, impl: str | None = None):
 def _views(xp, window: Sequence[int], strides: Sequence[int], out_shape: Sequence[int]):
   """The strided views of `xp`, one per offset of the window (row-major), each `out_shape`."""
   (sh, sw), (h, w) = strides, out_shape
-  return [xp[:, i:i + (h - 1) * sh + 1:sh, j:j + (w - 1) * sw + 1:sw, :]
-          for i in range(window[0]) for j in range(window[1])]
+  return [
+      xp[:, i : i + (h - 1) * sh + 1 : sh, j : j + (w - 1) * sw + 1 : sw, :]
+      for i in range(window[0])
+      for j in range(window[1])
+  ]
 
 
 def _max_pool_views(x, window: int, stride: int, pads):
@@ -93,8 +96,9 @@ def _max_pool_views(x, window: int, stride: int, pads):
 
   def max_and_first(x):
     """The window maxima, and which window offset (row-major) first holds each."""
-    views = _views(jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf), (window, window), (stride, stride),
-                   out_shape)
+    views = _views(
+        jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf), (window, window), (stride, stride), out_shape
+    )
     y, first = views[0], jnp.zeros(views[0].shape, offset_dtype)
     for k, view in enumerate(views[1:], start=1):
       first = jnp.where(view > y, jnp.asarray(k, offset_dtype), first)  # strictly greater: ties keep the earlier one
@@ -125,7 +129,7 @@ def _max_pool_views(x, window: int, stride: int, pads):
         phases.append(grad)
     grad = jnp.stack(phases, axis=3).reshape(n, q[0], q[1], stride, stride, c)
     grad = grad.transpose(0, 1, 3, 2, 4, 5).reshape(n, q[0] * stride, q[1] * stride, c)
-    return (grad[:, top:top + x.shape[1], left:left + x.shape[2], :],)
+    return (grad[:, top : top + x.shape[1], left : left + x.shape[2], :],)
 
   pool = jax.custom_vjp(lambda x: max_and_first(x)[0])
   pool.defvjp(max_and_first, backward)  # residual: the offsets, int8 for windows up to 11x11

@@ -28,7 +28,9 @@ def _pool_size(size: int, window: int, stride: int, padding: int, ceil_mode: boo
   if ceil_mode and (out - 1) * stride >= size + padding:
     out -= 1  # torch: the last window must start inside the input or its left padding
   if out < 1:
-    raise ValueError(f'A {window}x{window} pooling window (stride {stride}, padding {padding}) does not fit a map of size {size}.')
+    raise ValueError(
+        f'A {window}x{window} pooling window (stride {stride}, padding {padding}) does not fit a map of size {size}.'
+    )
   return out
 
 

@@ -33,7 +33,9 @@ def save_pretrained(path: str | os.PathLike, name: str, config: dict[str, Any], 
   checkpointer = ocp.StandardCheckpointer()
   try:
     checkpointer.save(
-        os.path.abspath(path), flax.core.unfreeze(variables), custom_metadata={'model': name, 'config': config, **metadata}
+        os.path.abspath(path),
+        flax.core.unfreeze(variables),
+        custom_metadata={'model': name, 'config': config, **metadata},
     )
     checkpointer.wait_until_finished()
   finally:
@@ -69,13 +71,18 @@ def load_pretrained(name: str, path: str | os.PathLike, **overrides):
   missing = sorted(set(template) - set(flat))
   unexpected = sorted(set(flat) - set(template))
   if missing:
-    raise ValueError(f'{path} lacks {len(missing)} variable(s) that {name} needs: {", ".join(missing[:10])}' + (' ...' if len(missing) > 10 else ''))
+    raise ValueError(
+        f'{path} lacks {len(missing)} variable(s) that {name} needs: {", ".join(missing[:10])}'
+        + (' ...' if len(missing) > 10 else '')
+    )
   if unexpected:
     logging.warning('%s: %d variable(s) not used by %s: %s', path, len(unexpected), name, ', '.join(unexpected[:10]))
   for key, shape in template.items():
     if tuple(flat[key].shape) != shape:
       raise ValueError(f'{path}: {key} has shape {tuple(flat[key].shape)}, {name} needs {shape}.')
-  variables = flax.traverse_util.unflatten_dict({tuple(k.split('/')): jnp.asarray(flat[k], jnp.float32) for k in template})
+  variables = flax.traverse_util.unflatten_dict(
+      {tuple(k.split('/')): jnp.asarray(flat[k], jnp.float32) for k in template}
+  )
   return model, variables
 
 

@@ -65,8 +65,17 @@ class MnistInceptionBlock(nn.Module):
 
 
 class MnistInception(nn.Module):
-  def __init__(self, num_classes=10, widths=(32, 64), reduce_width=16, hidden_units=700, drop_rate=0.5,
-               image_size=28, in_channels=1):
+
+  def __init__(
+      self,
+      num_classes=10,
+      widths=(32, 64),
+      reduce_width=16,
+      hidden_units=700,
+      drop_rate=0.5,
+      image_size=28,
+      in_channels=1,
+  ):
     super().__init__()
     channels = in_channels
     for i, width in enumerate(widths, start=1):
@@ -158,19 +167,37 @@ def _check_fields(name, model, **expected):
 def build(name: str, model) -> nn.Module:
   """The torch network equivalent to `model`, an instance of our registered model `name`."""
   if name == 'mnist_inception':
-    return MnistInception(model.num_classes, tuple(model.widths), model.reduce_width, model.hidden_units,
-                          model.drop_rate, model.image_size, model.in_channels)
+    return MnistInception(
+        model.num_classes,
+        tuple(model.widths),
+        model.reduce_width,
+        model.hidden_units,
+        model.drop_rate,
+        model.image_size,
+        model.in_channels,
+    )
   if name == 'googlenet':
-    _check_fields(name, model, layout='paper', use_batchnorm=True, stem_reduce=None, transform_input=False,
-                  global_pool='avg', in_channels=3)
+    _check_fields(
+        name,
+        model,
+        layout='paper',
+        use_batchnorm=True,
+        stem_reduce=None,
+        transform_input=False,
+        global_pool='avg',
+        in_channels=3,
+    )
     return PaperGoogLeNet(model.num_classes, model.aux_logits, model.drop_rate, model.aux_drop_rate)
   if name == 'googlenet_torchvision':
-    _check_fields(name, model, layout='torchvision', use_batchnorm=True, stem_reduce=None, global_pool='avg',
-                  in_channels=3)
-    return tv.GoogLeNet(model.num_classes, model.aux_logits, model.transform_input, model.drop_rate,
-                        model.aux_drop_rate)
+    _check_fields(
+        name, model, layout='torchvision', use_batchnorm=True, stem_reduce=None, global_pool='avg', in_channels=3
+    )
+    return tv.GoogLeNet(
+        model.num_classes, model.aux_logits, model.transform_input, model.drop_rate, model.aux_drop_rate
+    )
   raise NotImplementedError(
-      f'No torch equivalent of {name!r} for the benchmark; known: googlenet, googlenet_torchvision, mnist_inception.')
+      f'No torch equivalent of {name!r} for the benchmark; known: googlenet, googlenet_torchvision, mnist_inception.'
+  )
 
 
 def param_count(module: nn.Module) -> int:
@@ -183,8 +210,9 @@ def _autocast(dtype: str):
   return torch.autocast('cpu', dtype=getattr(torch, dtype))
 
 
-def train_step(model: nn.Module, images, labels, *, aux_loss_weight: float, learning_rate: float = 1e-3,
-               dtype: str = 'float32'):
+def train_step(
+    model: nn.Module, images, labels, *, aux_loss_weight: float, learning_rate: float = 1e-3, dtype: str = 'float32'
+):
   """A function running one Adam step (torch's defaults, our betas and eps) on the batch,
   with the aux heads' losses weighted as `train.train_step` weighs them."""
   optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, betas=(0.9, 0.999), eps=1e-8)

@@ -21,15 +21,26 @@ class InceptionV3(nn.Module):
     self.output_blocks = sorted(output_blocks)
     self.last_needed_block = max(output_blocks)
     self.blocks = nn.ModuleList()
-    block0 = [inception.Conv2d_1a_3x3, inception.Conv2d_2a_3x3, inception.Conv2d_2b_3x3, nn.MaxPool2d(kernel_size=3, stride=2)]
+    block0 = [
+        inception.Conv2d_1a_3x3,
+        inception.Conv2d_2a_3x3,
+        inception.Conv2d_2b_3x3,
+        nn.MaxPool2d(kernel_size=3, stride=2),
+    ]
     self.blocks.append(nn.Sequential(*block0))
     if self.last_needed_block >= 1:
       block1 = [inception.Conv2d_3b_1x1, inception.Conv2d_4a_3x3, nn.MaxPool2d(kernel_size=3, stride=2)]
       self.blocks.append(nn.Sequential(*block1))
     if self.last_needed_block >= 2:
       block2 = [
-          inception.Mixed_5b, inception.Mixed_5c, inception.Mixed_5d, inception.Mixed_6a,
-          inception.Mixed_6b, inception.Mixed_6c, inception.Mixed_6d, inception.Mixed_6e,
+          inception.Mixed_5b,
+          inception.Mixed_5c,
+          inception.Mixed_5d,
+          inception.Mixed_6a,
+          inception.Mixed_6b,
+          inception.Mixed_6c,
+          inception.Mixed_6d,
+          inception.Mixed_6e,
       ]
       self.blocks.append(nn.Sequential(*block2))
     if self.last_needed_block >= 3:
@@ -67,6 +78,7 @@ def fid_inception_v3():
 
 
 class FIDInceptionA(tv.InceptionA):
+
   def forward(self, x):
     branch1x1 = self.branch1x1(x)
     branch5x5 = self.branch5x5_1(x)
@@ -81,6 +93,7 @@ class FIDInceptionA(tv.InceptionA):
 
 
 class FIDInceptionC(tv.InceptionC):
+
   def forward(self, x):
     branch1x1 = self.branch1x1(x)
     branch7x7 = self.branch7x7_1(x)
@@ -98,6 +111,7 @@ class FIDInceptionC(tv.InceptionC):
 
 
 class FIDInceptionE_1(tv.InceptionE):
+
   def forward(self, x):
     branch1x1 = self.branch1x1(x)
     branch3x3 = self.branch3x3_1(x)
@@ -112,6 +126,7 @@ class FIDInceptionE_1(tv.InceptionE):
 
 
 class FIDInceptionE_2(tv.InceptionE):
+
   def forward(self, x):
     branch1x1 = self.branch1x1(x)
     branch3x3 = self.branch3x3_1(x)

@@ -27,6 +27,7 @@ def _to_tensor(pic):
 
 
 class ImagePathDataset(torch.utils.data.Dataset):  # l. 77-90
+
   def __init__(self, files, transforms=None):
     self.files = files
     self.transforms = transforms
@@ -47,8 +48,9 @@ def get_activations(files, model, batch_size=50, dims=2048, device='cpu', num_wo
   if batch_size > len(files):
     batch_size = len(files)
   dataset = ImagePathDataset(files, transforms=_to_tensor)
-  dataloader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
-                                           num_workers=num_workers)
+  dataloader = torch.utils.data.DataLoader(
+      dataset, batch_size=batch_size, shuffle=False, drop_last=False, num_workers=num_workers
+  )
   pred_arr = np.empty((len(files), dims))
   start_idx = 0
   for batch in dataloader:
@@ -59,7 +61,7 @@ def get_activations(files, model, batch_size=50, dims=2048, device='cpu', num_wo
     if pred.size(2) != 1 or pred.size(3) != 1:
       pred = adaptive_avg_pool2d(pred, output_size=(1, 1))
     pred = pred.squeeze(3).squeeze(2).cpu().numpy()
-    pred_arr[start_idx:start_idx + pred.shape[0]] = pred
+    pred_arr[start_idx : start_idx + pred.shape[0]] = pred
     start_idx = start_idx + pred.shape[0]
   return pred_arr
 

@@ -12,6 +12,7 @@ from .timm_inception_v4 import BasicConv2d, global_pool
 
 
 class Mixed_5b(nn.Module):
+
   def __init__(self):
     super().__init__()
     self.branch0 = BasicConv2d(192, 96, 1)
@@ -26,6 +27,7 @@ class Mixed_5b(nn.Module):
 
 
 class Block35(nn.Module):
+
   def __init__(self, scale=1.0):
     super().__init__()
     self.scale = scale
@@ -42,6 +44,7 @@ class Block35(nn.Module):
 
 
 class Mixed_6a(nn.Module):
+
   def __init__(self):
     super().__init__()
     self.branch0 = BasicConv2d(320, 384, 3, stride=2)
@@ -55,6 +58,7 @@ class Mixed_6a(nn.Module):
 
 
 class Block17(nn.Module):
+
   def __init__(self, scale=1.0):
     super().__init__()
     self.scale = scale
@@ -72,6 +76,7 @@ class Block17(nn.Module):
 
 
 class Mixed_7a(nn.Module):
+
   def __init__(self):
     super().__init__()
     self.branch0 = nn.Sequential(BasicConv2d(1088, 256, 1), BasicConv2d(256, 384, 3, stride=2))
@@ -86,6 +91,7 @@ class Mixed_7a(nn.Module):
 
 
 class Block8(nn.Module):
+
   def __init__(self, scale=1.0, no_relu=False):
     super().__init__()
     self.scale = scale
@@ -104,6 +110,7 @@ class Block8(nn.Module):
 
 
 class InceptionResnetV2(nn.Module):
+
   def __init__(self, num_classes=1000, in_chans=3, drop_rate=0.0, global_pool='avg'):
     super().__init__()
     self.global_pool = global_pool
@@ -126,8 +133,23 @@ class InceptionResnetV2(nn.Module):
     self.classif = nn.Linear(1536, num_classes) if num_classes > 0 else nn.Identity()
 
   def forward(self, x):
-    for name in ('conv2d_1a', 'conv2d_2a', 'conv2d_2b', 'maxpool_3a', 'conv2d_3b', 'conv2d_4a', 'maxpool_5a',
-                 'mixed_5b', 'repeat', 'mixed_6a', 'repeat_1', 'mixed_7a', 'repeat_2', 'block8', 'conv2d_7b'):
+    for name in (
+        'conv2d_1a',
+        'conv2d_2a',
+        'conv2d_2b',
+        'maxpool_3a',
+        'conv2d_3b',
+        'conv2d_4a',
+        'maxpool_5a',
+        'mixed_5b',
+        'repeat',
+        'mixed_6a',
+        'repeat_1',
+        'mixed_7a',
+        'repeat_2',
+        'block8',
+        'conv2d_7b',
+    ):
       x = getattr(self, name)(x)
     x = global_pool(x, self.global_pool)
     x = F.dropout(x, p=self.drop_rate, training=self.training)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 
 class BasicConv2d(nn.Module):
+
   def __init__(self, in_planes, out_planes, kernel_size, stride=1, padding=0):
     super().__init__()
     self.conv = nn.Conv2d(in_planes, out_planes, kernel_size=kernel_size, stride=stride, padding=padding, bias=False)
@@ -35,6 +36,7 @@ def global_pool(x, pool_type):
 
 
 class Mixed3a(nn.Module):
+
   def __init__(self):
     super().__init__()
     self.maxpool = nn.MaxPool2d(3, stride=2)
@@ -45,6 +47,7 @@ class Mixed3a(nn.Module):
 
 
 class Mixed4a(nn.Module):
+
   def __init__(self):
     super().__init__()
     self.branch0 = nn.Sequential(BasicConv2d(160, 64, 1), BasicConv2d(64, 96, 3))
@@ -60,6 +63,7 @@ class Mixed4a(nn.Module):
 
 
 class Mixed5a(nn.Module):
+
   def __init__(self):
     super().__init__()
     self.conv = BasicConv2d(192, 192, kernel_size=3, stride=2)
@@ -70,6 +74,7 @@ class Mixed5a(nn.Module):
 
 
 class InceptionA(nn.Module):
+
   def __init__(self):
     super().__init__()
     self.branch0 = BasicConv2d(384, 96, 1)
@@ -84,6 +89,7 @@ class InceptionA(nn.Module):
 
 
 class ReductionA(nn.Module):
+
   def __init__(self):
     super().__init__()
     self.branch0 = BasicConv2d(384, 384, 3, stride=2)
@@ -97,6 +103,7 @@ class ReductionA(nn.Module):
 
 
 class InceptionB(nn.Module):
+
   def __init__(self):
     super().__init__()
     self.branch0 = BasicConv2d(1024, 384, 1)
@@ -112,13 +119,16 @@ class InceptionB(nn.Module):
         BasicConv2d(224, 224, (7, 1), padding=(3, 0)),
         BasicConv2d(224, 256, (1, 7), padding=(0, 3)),
     )
-    self.branch3 = nn.Sequential(nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False), BasicConv2d(1024, 128, 1))
+    self.branch3 = nn.Sequential(
+        nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False), BasicConv2d(1024, 128, 1)
+    )
 
   def forward(self, x):
     return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)), 1)
 
 
 class ReductionB(nn.Module):
+
   def __init__(self):
     super().__init__()
     self.branch0 = nn.Sequential(BasicConv2d(1024, 192, 1), BasicConv2d(192, 192, 3, stride=2))
@@ -135,6 +145,7 @@ class ReductionB(nn.Module):
 
 
 class InceptionC(nn.Module):
+
   def __init__(self):
     super().__init__()
     self.branch0 = BasicConv2d(1536, 256, 1)
@@ -146,7 +157,9 @@ class InceptionC(nn.Module):
     self.branch2_2 = BasicConv2d(448, 512, (1, 3), padding=(0, 1))
     self.branch2_3a = BasicConv2d(512, 256, (1, 3), padding=(0, 1))
     self.branch2_3b = BasicConv2d(512, 256, (3, 1), padding=(1, 0))
-    self.branch3 = nn.Sequential(nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False), BasicConv2d(1536, 256, 1))
+    self.branch3 = nn.Sequential(
+        nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False), BasicConv2d(1536, 256, 1)
+    )
 
   def forward(self, x):
     x0 = self.branch0(x)
@@ -158,6 +171,7 @@ class InceptionC(nn.Module):
 
 
 class InceptionV4(nn.Module):
+
   def __init__(self, num_classes=1000, in_chans=3, drop_rate=0.0, global_pool='avg'):
     super().__init__()
     self.global_pool = global_pool

@@ -8,6 +8,7 @@ from torch import nn
 
 
 class GoogLeNet(nn.Module):
+
   def __init__(self, num_classes=1000, aux_logits=True, transform_input=False, dropout=0.2, dropout_aux=0.7):
     super().__init__()
     self.aux_logits = aux_logits
@@ -92,6 +93,7 @@ class GoogLeNet(nn.Module):
 
 
 class Inception(nn.Module):
+
   def __init__(self, in_channels, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj):
     super().__init__()
     self.branch1 = BasicConv2d(in_channels, ch1x1, kernel_size=1)
@@ -114,6 +116,7 @@ class Inception(nn.Module):
 
 
 class InceptionAux(nn.Module):
+
   def __init__(self, in_channels, num_classes, dropout=0.7):
     super().__init__()
     self.conv = BasicConv2d(in_channels, 128, kernel_size=1)
@@ -132,6 +135,7 @@ class InceptionAux(nn.Module):
 
 
 class BasicConv2d(nn.Module):
+
   def __init__(self, in_channels, out_channels, **kwargs):
     super().__init__()
     self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **kwargs)

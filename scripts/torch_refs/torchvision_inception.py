@@ -8,6 +8,7 @@ from torch import nn
 
 
 class Inception3(nn.Module):
+
   def __init__(self, num_classes=1000, aux_logits=True, transform_input=False, inception_blocks=None, dropout=0.5):
     super().__init__()
     if inception_blocks is None:
@@ -87,6 +88,7 @@ class Inception3(nn.Module):
 
 
 class InceptionA(nn.Module):
+
   def __init__(self, in_channels, pool_features, conv_block=None):
     super().__init__()
     conv_block = conv_block or BasicConv2d
@@ -114,6 +116,7 @@ class InceptionA(nn.Module):
 
 
 class InceptionB(nn.Module):
+
   def __init__(self, in_channels, conv_block=None):
     super().__init__()
     conv_block = conv_block or BasicConv2d
@@ -135,6 +138,7 @@ class InceptionB(nn.Module):
 
 
 class InceptionC(nn.Module):
+
   def __init__(self, in_channels, channels_7x7, conv_block=None):
     super().__init__()
     conv_block = conv_block or BasicConv2d
@@ -169,6 +173,7 @@ class InceptionC(nn.Module):
 
 
 class InceptionD(nn.Module):
+
   def __init__(self, in_channels, conv_block=None):
     super().__init__()
     conv_block = conv_block or BasicConv2d
@@ -194,6 +199,7 @@ class InceptionD(nn.Module):
 
 
 class InceptionE(nn.Module):
+
   def __init__(self, in_channels, conv_block=None):
     super().__init__()
     conv_block = conv_block or BasicConv2d
@@ -225,6 +231,7 @@ class InceptionE(nn.Module):
 
 
 class InceptionAux(nn.Module):
+
   def __init__(self, in_channels, num_classes, conv_block=None):
     super().__init__()
     conv_block = conv_block or BasicConv2d
@@ -245,6 +252,7 @@ class InceptionAux(nn.Module):
 
 
 class BasicConv2d(nn.Module):
+
   def __init__(self, in_channels, out_channels, **kwargs):
     super().__init__()
     self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **kwargs)
