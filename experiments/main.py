@@ -13,6 +13,8 @@ step and stops with status 128 + the signal's number; the same command resumes.
 import os
 import re
 import sys
+import threading
+import warnings
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -59,6 +61,9 @@ def run(default_config: str, default_workdir: str) -> None:
     except Exception as e:  # pylint: disable=broad-except
       if flags.FLAGS.verbosity >= 1:
         raise
+      # Work abandoned by the failure (Orbax's reads) may warn as the interpreter exits: not the error.
+      warnings.simplefilter('ignore')
+      threading.excepthook = lambda args: None
       _exit_with(f'error: {_one_line(e)} (--verbosity=1 shows the traceback)', 1)
 
   app.run(main, flags_parser=_parse_flags)

@@ -30,6 +30,10 @@ class CheckpointError(RuntimeError):
   """No checkpoint in a directory can be read into the expected state."""
 
 
+class CheckpointMismatchError(CheckpointError):
+  """A readable checkpoint of another model or optimizer: an error, never set aside."""
+
+
 class NonFiniteStateError(FloatingPointError):
   """A state with NaN or infinity was about to be saved."""
 
@@ -68,7 +72,7 @@ class Checkpointer:
     checksums, finite = fingerprint(state)
     if not finite:
       raise NonFiniteStateError(f'the state of step {step} holds NaN or infinity; it was not saved')
-    meta = {**meta, 'checksums': checksums}
+    meta = {**meta, 'checksums': checksums, 'shapes': _shapes(state)}
     return self._manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True
     )
@@ -98,6 +102,8 @@ class Checkpointer:
     for step in reversed(steps):
       try:
         return self._restore(step, abstract_state)
+      except CheckpointMismatchError:
+        raise
       except CheckpointError as e:
         logging.warning('%s', e)
         self.set_aside(step, 'unreadable', 'it is unreadable')
@@ -110,6 +116,17 @@ class Checkpointer:
     return None
 
   def _restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+    saved = self._read_meta(step).get('shapes')
+    if saved is not None:  # readable and recorded: a different structure is a config change, not damage
+      expected = _shapes(abstract_state)
+      differ = sorted(k for k in saved.keys() | expected.keys() if saved.get(k) != expected.get(k))
+      if differ:
+        k = differ[0]
+        raise CheckpointMismatchError(
+            f'The checkpoint of step {step} in {self.directory} was written for a different model or optimizer: '
+            f'{len(differ)} array(s) differ ({k}: saved {saved.get(k)}, this config {expected.get(k)}). Run with the '
+            'config it was written with, or use a new --workdir.'
+        )
     try:
       restored = self._manager.restore(
           step,
@@ -165,6 +182,10 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _shapes(tree: Any) -> dict[str, list[int]]:
+  return {jax.tree_util.keystr(path): list(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def fingerprint(tree: Any) -> tuple[dict[str, int], bool]:

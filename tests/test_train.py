@@ -117,6 +117,16 @@ def test_damaged_latest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one
   assert logged == sorted(set(logged)) == [2, 3, 4, 6]
 
 
+def test_a_checkpoint_of_another_model_is_an_error_and_is_kept(tmp_path, make_config, finished_run):
+  workdir = tmp_path / 'run'
+  shutil.copytree(finished_run[0], workdir)
+  config = make_config()
+  config.model.widths = (4, 16)
+  with pytest.raises(checkpoint.CheckpointMismatchError, match='step 6 .* written for a different model or optimizer'):
+    train.train_and_evaluate(config, str(workdir))
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['3', '6'] and not (workdir / 'checkpoints_set_aside').exists()
+
+
 def test_when_no_checkpoint_is_readable_the_error_says_so(tmp_path, make_config, finished_run):
   workdir = tmp_path / 'run'
   shutil.copytree(finished_run[0], workdir)
