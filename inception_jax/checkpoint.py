@@ -62,18 +62,16 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def should_save(self, step: int) -> bool:
-    """Every save_every_steps, and at the step all processes agreed on after a preemption notice."""
-    return step % self._save_every_steps == 0 or self.reached_preemption(step)
+    """Every save_every_steps (the loop adds the last step and a stop)."""
+    return step % self._save_every_steps == 0
 
-  def save(self, step: int, state: Any, meta: dict, *, force: bool = False) -> bool:
-    """Starts writing `state` in the background (wait() waits for it); False if `step` is not due."""
-    if not (force or self.should_save(step)):
-      return False
+  def save(self, step: int, state: Any, meta: dict) -> None:
+    """Starts writing `state` in the background (wait() waits for it), with its checksums."""
     checksums, finite = fingerprint(state)
     if not finite:
       raise NonFiniteStateError(f'the state of step {step} holds NaN or infinity; it was not saved')
     meta = {**meta, 'checksums': checksums, 'shapes': _shapes(state)}
-    return self._manager.save(
+    self._manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True
     )
 
@@ -116,7 +114,8 @@ class Checkpointer:
     return None
 
   def _restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
-    saved = self._read_meta(step).get('shapes')
+    meta = self._read(step, meta=ocp.args.JsonRestore()).meta  # small: read first, and once
+    saved = meta.get('shapes')
     if saved is not None:  # readable and recorded: a different structure is a config change, not damage
       expected = _shapes(abstract_state)
       differ = sorted(k for k in saved.keys() | expected.keys() if saved.get(k) != expected.get(k))
@@ -127,17 +126,8 @@ class Checkpointer:
             f'{len(differ)} array(s) differ ({k}: saved {saved.get(k)}, this config {expected.get(k)}). Run with the '
             'config it was written with, or use a new --workdir.'
         )
-    try:
-      restored = self._manager.restore(
-          step,
-          args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
-      )
-      state, meta = restored.state, dict(restored.meta)
-    except Exception as e:  # Orbax and TensorStore raise many types for a damaged folder.
-      first_line = (str(e).strip().splitlines() or [''])[0][:300]
-      raise CheckpointError(
-          f'The checkpoint of step {step} in {self.directory} cannot be read ({type(e).__name__}: {first_line}).'
-      ) from e
+    state = self._read(step, state=ocp.args.StandardRestore(abstract_state)).state
+    meta = dict(meta)
     expected = meta.get('checksums')
     if expected is None:
       logging.warning('The checkpoint of step %d has no checksums (written by an older version); not verified.', step)
@@ -151,10 +141,20 @@ class Checkpointer:
         )
     return state, meta
 
+  def _read(self, step: int, **items) -> Any:
+    """Restores `items` of `step`; whatever Orbax or TensorStore raise for a damaged folder is a CheckpointError."""
+    try:
+      return self._manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # pylint: disable=broad-except
+      first_line = (str(e).strip().splitlines() or [''])[0][:300]
+      raise CheckpointError(
+          f'The checkpoint of step {step} in {self.directory} cannot be read ({type(e).__name__}: {first_line}).'
+      ) from e
+
   def _read_meta(self, step: int) -> dict:
     try:
-      return dict(self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
-    except Exception:  # unreadable: _restore will say so
+      return dict(self._read(step, meta=ocp.args.JsonRestore()).meta)
+    except CheckpointError:  # unreadable: restore() sets it aside
       return {}
 
   def set_aside(self, step: int, suffix: str, why: str) -> None:

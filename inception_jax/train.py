@@ -393,7 +393,7 @@ def _train(
     if save:
       meta = {'train_seconds': train_seconds, 'data_position': step, 'resumed_from': resumed_from}
       try:
-        checkpointer.save(step, state, meta, force=True)
+        checkpointer.save(step, state, meta)
       except ckpt.NonFiniteStateError as e:
         _diverged(f'The training diverged: {e}', step - 1, checkpointer)  # the update from step - 1 blew up
     if stop:

@@ -3,19 +3,15 @@ checkpoint, resume, save together on a SIGTERM to one of them, and end where one
 
 import json
 import os
-import pathlib
 import re
 import signal
-import socket
-import subprocess
-import sys
 
 import jax
 import numpy as np
 
-from inception_jax import checkpoint, train
+import processes
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from inception_jax import checkpoint, train
 
 
 def config_for_test(num_train_steps):
@@ -67,31 +63,9 @@ def worker(coordinator: str, process_id: int, workdir: str) -> None:
   jax.distributed.shutdown()
 
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_train_checkpoint_resume_and_match_one(tmp_path):
   workdir = tmp_path / 'two'
-  coordinator = f'localhost:{free_port()}'
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', PYTHONPATH=str(ROOT))
-  script = 'import sys; sys.path.insert(0, "tests"); import test_distributed; test_distributed.worker({!r}, {}, {!r})'
-  workers = [
-      subprocess.Popen(
-          [sys.executable, '-c', script.format(coordinator, i, str(workdir))],
-          cwd=ROOT,
-          env=env,
-          stdout=subprocess.PIPE,
-          stderr=subprocess.STDOUT,
-          text=True,
-      )
-      for i in range(2)
-  ]
-  outputs = [w.communicate(timeout=300)[0] for w in workers]
-  for i, (w, out) in enumerate(zip(workers, outputs)):
-    assert w.returncode == 0, f'process {i}:\n{out[-3000:]}'
+  outputs = processes.run_two('test_distributed', 'worker', str(workdir))
   assert 'Resumed from the checkpoint of step 2' in outputs[0] + outputs[1]
   stopped = [re.findall(r'process \d: Stopped by SIGTERM after saving step (\d+)', out) for out in outputs]
   assert stopped[0] == stopped[1] and len(stopped[0]) == 1 and int(stopped[0][0]) >= 6, outputs[0][-3000:]

@@ -9,7 +9,6 @@ import json
 import os
 import pathlib
 import re
-import socket
 import subprocess
 import sys
 import types
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from absl import flags
+import processes
 from PIL import Image
 from scripts.torch_refs import numpy_state_dict, randomize
 from scripts.torch_refs import pytorch_fid_inception as fid_ref
@@ -456,28 +456,8 @@ def distributed_worker(coordinator: str, process_id: int, out: str) -> None:
 
 
 def test_two_processes_merge_statistics_and_rows_in_order(tmp_path):
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    coordinator = f'localhost:{s.getsockname()[1]}'
   out = str(tmp_path / 'process{}.npz')
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', PYTHONPATH=str(ROOT))
-  script = (
-      'import sys; sys.path.insert(0, "tests"); import test_metrics; ' 'test_metrics.distributed_worker({!r}, {}, {!r})'
-  )
-  workers = [
-      subprocess.Popen(
-          [sys.executable, '-c', script.format(coordinator, i, out)],
-          cwd=ROOT,
-          env=env,
-          stdout=subprocess.PIPE,
-          stderr=subprocess.STDOUT,
-          text=True,
-      )
-      for i in range(2)
-  ]
-  outputs = [w.communicate(timeout=300)[0] for w in workers]
-  for i, (w, output) in enumerate(zip(workers, outputs)):
-    assert w.returncode == 0, f'process {i}:\n{output[-3000:]}'
+  processes.run_two('test_metrics', 'distributed_worker', out)
   rows = (np.random.default_rng(0).normal(size=(30, 2, 3, 2)) + 5).astype(np.float32).reshape(30, -1)
   features = rows.astype(np.float64)
   for i in range(2):  # every process has the whole set's statistics
