@@ -10,7 +10,10 @@ with the same workdir resumes from the latest checkpoint.
 Several hosts: the multi-process flags of experiments/main.py (README, "Scaling out").
 """
 
-from experiments import main
-
 if __name__ == '__main__':
+  from inception_jax import hostmem
+
+  hostmem.keep_freed_memory()  # first, before jax or TensorFlow allocates: README, "Host memory"
+  from experiments import main
+
   main.run('experiments/configs/imagenet_inception.py:googlenet', '/tmp/imagenet_inception')

@@ -9,7 +9,10 @@ TFDS at the four MNIST files with TFDS_MANUAL_DIR=../shared/data/mnist (or
 flags of experiments/main.py (README, "Scaling out").
 """
 
-from experiments import main
-
 if __name__ == '__main__':
+  from inception_jax import hostmem
+
+  hostmem.keep_freed_memory()  # first, before jax or TensorFlow allocates: README, "Host memory"
+  from experiments import main
+
   main.run('experiments/configs/mnist_inception.py', '/tmp/mnist_inception')

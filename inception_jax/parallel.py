@@ -79,9 +79,9 @@ def make_mesh(num_devices: int = -1) -> Mesh:
   )
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) axis split over the 'data' axis."""
-  return NamedSharding(mesh, P(DATA_AXIS))
+def batch_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
+  """Leading (batch) axis split over the 'data' axis; with `stacked`, the second (batches stacked per step)."""
+  return NamedSharding(mesh, P(None, DATA_AXIS) if stacked else P(DATA_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -125,8 +125,9 @@ def check_batch_divisible(global_batch_size: int, mesh: Mesh, what: str = 'globa
     )
 
 
-def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh, stacked: bool = False) -> dict[str, jax.Array]:
   """This process's part of a global batch (global / processes examples) -> global arrays
-  split over the 'data' axis; its examples land on this process's devices."""
-  sharding = batch_sharding(mesh)
+  split over the 'data' axis; its examples land on this process's devices. `stacked`: batches
+  stacked on a leading axis (steps), the examples on the second."""
+  sharding = batch_sharding(mesh, stacked)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

@@ -26,7 +26,7 @@ from clu import metric_writers
 
 from inception_jax import checkpoint as ckpt
 from inception_jax import data as data_lib
-from inception_jax import interrupts, models, parallel
+from inception_jax import hostmem, interrupts, models, parallel
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -307,7 +307,7 @@ def resolve_config(config: ml_collections.ConfigDict, num_train_examples: int | 
 def _check_config(config) -> None:
   if config.num_train_steps <= 0:
     raise ValueError(f'num_train_steps must be positive, got {config.num_train_steps}.')
-  for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
+  for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints', 'steps_per_loop'):
     if config[field] <= 0:
       raise ValueError(f'{field} must be positive, got {config[field]}.')
 
@@ -318,7 +318,7 @@ def _train(
     step,
     train_seconds,
     resumed_from,
-    p_train_step,
+    p_train_steps,
     run_eval,
     inputs,
     mesh,
@@ -340,7 +340,7 @@ def _train(
     nonlocal window_start, window_step
     if not pending:
       return
-    per_step = jax.device_get(pending)
+    per_step = [jax.tree.map(lambda x, i=i: x[i], m) for m in jax.device_get(pending) for i in range(len(m['loss']))]
     pending.clear()
     first = step - len(per_step) + 1
     for i, metrics in enumerate(per_step):
@@ -375,15 +375,22 @@ def _train(
     )
 
   batches = inputs.train_batches(step)
+  first_step = step
   while step < config.num_train_steps:
     start = time.perf_counter()
-    state, metrics = p_train_step(state, parallel.shard_batch(next(batches), mesh))
+    k = _steps_in_call(config, step)
+    stacked = jax.tree.map(lambda *xs: np.stack(xs), *[next(batches) for _ in range(k)])
+    state, metrics = p_train_steps(state, parallel.shard_batch(stacked, mesh, stacked=True))
     pending.append(metrics)
-    step += 1
+    step += k
+    if step == first_step + k:
+      hostmem.release_freed_memory()  # what initialization and compilation used
     last = step == config.num_train_steps
-    # One process: a signal arrived. Several: this is the step all of them agreed to save at.
+    # One process: a signal arrived. Several: all of them agreed to save at a step of this call.
     stop = not last and (
-        checkpointer.reached_preemption(step) if jax.process_count() > 1 else signals.received is not None
+        any(checkpointer.reached_preemption(s) for s in range(step - k + 1, step + 1))
+        if jax.process_count() > 1
+        else signals.received is not None
     )
     save = last or stop or checkpointer.should_save(step)
     if save or step % config.log_every_steps == 0:
@@ -391,6 +398,7 @@ def _train(
       checkpointer.check_for_errors()  # a background save that failed says so now
     train_seconds += time.perf_counter() - start
     if save:
+      hostmem.release_freed_memory()  # the steps' temporaries make room for the checkpoint's host copy
       meta = {'train_seconds': train_seconds, 'data_position': step, 'resumed_from': resumed_from}
       try:
         checkpointer.save(step, state, meta)
@@ -408,6 +416,15 @@ def _train(
       run_eval(state, step)
   checkpointer.wait()
   return state, step, train_seconds
+
+
+def _steps_in_call(config, step: int) -> int:
+  """config.steps_per_loop, cut short at the next step that logs, saves, evaluates or ends the run."""
+  ends = [config.num_train_steps, step + config.steps_per_loop]
+  for every in (config.log_every_steps, config.checkpoint_every_steps, config.eval_every_steps):
+    if every > 0:
+      ends.append((step // every + 1) * every)
+  return min(ends) - step
 
 
 def _diverged(what: str, first_bad_state: int, checkpointer) -> None:
@@ -460,13 +477,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
       min_size=config.shard_min_size,
   )
 
-  # The one place where steps are compiled. The state is donated: its buffers are reused.
+  # The one place where steps are compiled. The state is donated: its buffers are reused. A call
+  # runs up to config.steps_per_loop steps over stacked batches, so that one set of step buffers
+  # serves them all (one compilation per number of steps in a call).
   step_fn = functools.partial(
       train_step, aux_loss_weight=config.aux_loss_weight, label_smoothing=config.label_smoothing
   )
-  p_train_step = jax.jit(
-      step_fn,
-      in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
+  p_train_steps = jax.jit(
+      lambda state, batches: jax.lax.scan(step_fn, state, batches),
+      in_shardings=(state_sharding, parallel.batch_sharding(mesh, stacked=True)),
       out_shardings=(state_sharding, parallel.replicated(mesh)),
       donate_argnums=0,
   )
@@ -514,6 +533,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
       writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
 
     def run_eval(state, step: int) -> dict[str, float]:
+      hostmem.release_freed_memory()  # the training steps' temporaries make room for the evaluation's
       start = time.perf_counter()
       metrics = evaluate(p_eval_step, state, inputs, mesh)
       logging.info(
@@ -534,7 +554,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
         step,
         float(meta.get('train_seconds', 0.0)),
         resumed_from,
-        p_train_step,
+        p_train_steps,
         run_eval,
         inputs,
         mesh,

@@ -16,8 +16,10 @@ from the steps. Multiply-adds per image come from `inception_jax.analysis`; achi
 counts 2 FLOPs per multiply-add, and 3x the forward for a training step (forward, input
 gradient, weight gradient).
 
-glibc's malloc settings in the environment (MALLOC_ARENA_MAX, ...; README, "Performance")
-apply to both frameworks alike; the JSON lines report them as malloc_settings.
+Both frameworks run under the experiments' malloc settings (inception_jax.hostmem;
+--nokeep_freed_memory: glibc's defaults) and any MALLOC_* settings in the environment; the
+JSON lines report both. --steps_per_loop=10 times the MNIST experiment's calls of 10 steps
+(torch runs 10 steps per round too); times are per step.
 
 --compare_torch times the same network in PyTorch eager (scripts/torch_refs/benchmark_nets.py:
 same structure and parameter count, checked; Adam for training, eval mode and
@@ -44,7 +46,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments.configs import default, mnist_inception
-from inception_jax import analysis, data, models, parallel, train
+from inception_jax import analysis, data, hostmem, models, parallel, train
 
 _MODEL = flags.DEFINE_string('model', 'mnist_inception', 'A registered model.')
 _MODE = flags.DEFINE_enum(
@@ -57,6 +59,14 @@ _BATCH = flags.DEFINE_integer('batch_size', 128, 'Global batch size.')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', None, "Input height and width; default: the model's own.")
 _STEPS = flags.DEFINE_integer(
     'steps', None, 'Timed steps after one warm-up step; default 5, or 100 batches for --mode=input.'
+)
+_STEPS_PER_LOOP = flags.DEFINE_integer(
+    'steps_per_loop', 1, 'Training steps per call, as config.steps_per_loop (the MNIST experiment: 10).'
+)
+_KEEP_FREED_MEMORY = flags.DEFINE_bool(
+    'keep_freed_memory',
+    True,
+    "The experiments' malloc settings (inception_jax.hostmem), for both frameworks; false: glibc's defaults.",
 )
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype (parameters stay float32).')
 _AUX_LOSS_WEIGHT = flags.DEFINE_float(
@@ -119,7 +129,12 @@ def host_memory_gb() -> float:
 
 def _devices() -> dict:
   malloc = {k: os.environ[k] for k in MALLOC_SETTINGS if k in os.environ}
-  return {'device_kind': jax.devices()[0].device_kind, 'device_count': jax.device_count(), 'malloc_settings': malloc}
+  return {
+      'device_kind': jax.devices()[0].device_kind,
+      'device_count': jax.device_count(),
+      'keep_freed_memory': hostmem.keeping(),
+      'malloc_settings': malloc,
+  }
 
 
 def _torch():
@@ -183,9 +198,11 @@ def run(
     aux_loss_weight: float = 0.3,
     compare_torch: bool = False,
     peak_flops: float | None = None,
+    steps_per_loop: int = 1,
     **overrides,
 ) -> dict:
-  """Times `steps` training or evaluation steps of `model_name` (fields `overrides`) on random data."""
+  """Times `steps` training or evaluation steps of `model_name` (fields `overrides`) on random data;
+  in training, calls of `steps_per_loop` steps (times are per step)."""
   model = models.create_model(model_name, dtype=jnp.dtype(dtype), **overrides)
   size = image_size or model.image_size
   image_shape = (size, size, model.in_channels)
@@ -213,12 +230,15 @@ def run(
   batch = parallel.shard_batch(host_batch, mesh)
 
   if mode == 'train':
+    step_fn = functools.partial(train.train_step, aux_loss_weight=aux_loss_weight)
     step = jax.jit(
-        functools.partial(train.train_step, aux_loss_weight=aux_loss_weight),
-        in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
+        lambda state, batches: jax.lax.scan(step_fn, state, batches),  # as train_and_evaluate's
+        in_shardings=(state_sharding, parallel.batch_sharding(mesh, stacked=True)),
         out_shardings=(state_sharding, parallel.replicated(mesh)),
         donate_argnums=0,
     )
+    stacked = {k: np.stack([v] * steps_per_loop) for k, v in host_batch.items() if k != 'mask'}
+    batch = parallel.shard_batch(stacked, mesh, stacked=True)
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_seconds = time.perf_counter() - start
@@ -236,13 +256,14 @@ def run(
     jax_step = lambda: jax.block_until_ready(compiled(state, batch))
   else:
     raise ValueError(f"mode must be 'train' or 'eval' here, got {mode!r}.")
+  per_call = steps_per_loop if mode == 'train' else 1
 
   _time(jax_step, 1)  # warm-up
   memory_gb = host_memory_gb()  # before torch allocates anything
   flops_per_image = 2 * macs * (3 if mode == 'train' else 1)
 
   def rates(prefix: str, times: list[tuple[float, float]]) -> dict:
-    walls, cpus = zip(*times)
+    walls, cpus = zip(*[(wall / per_call, cpu / per_call) for wall, cpu in times])
     seconds = statistics.median(walls)
     out = {
         f'{prefix}images_per_sec': batch_size / seconds,
@@ -262,6 +283,7 @@ def run(
       'batch_size': batch_size,
       'image_size': size,
       'dtype': dtype,
+      'steps_per_loop': per_call,
       **_devices(),
       'params': num_params,
       'compile_seconds': compile_seconds,
@@ -275,7 +297,8 @@ def run(
 
   torch_step, torch_info = _torch_step(model_name, model, mode, host_batch, aux_loss_weight, dtype)
   _check_same_size(num_params, torch_info['torch_params'])
-  jax_times, torch_times = _alternate([jax_step, torch_step], steps)
+  torch_steps = lambda: [torch_step() for _ in range(per_call)]
+  jax_times, torch_times = _alternate([jax_step, torch_steps], steps)
   result |= rates('', jax_times) | torch_info | rates('torch_', torch_times)
   result['speedup'] = result['images_per_sec'] / result['torch_images_per_sec']
   # Other processes can stretch a step's wall time several times over without adding to its
@@ -350,6 +373,8 @@ def _print(result: dict) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if _KEEP_FREED_MEMORY.value:
+    hostmem.keep_freed_memory()  # before XLA's threads (or torch) allocate anything
   peak_flops = _PEAK_FLOPS.value
   if _PEAK.value:
     measured = peak(compare_torch=_COMPARE_TORCH.value)
@@ -376,6 +401,7 @@ def main(argv):
           aux_loss_weight=_AUX_LOSS_WEIGHT.value,
           compare_torch=_COMPARE_TORCH.value,
           peak_flops=peak_flops,
+          steps_per_loop=_STEPS_PER_LOOP.value,
       )
   )
 

@@ -209,11 +209,11 @@ def test_a_signal_saves_the_current_step_and_the_rerun_resumes_bit_identical(
 
   shard_batch, calls = parallel.shard_batch, []
 
-  def signal_during_step_4(batch, mesh):
+  def signal_during_step_4(batch, mesh, **kwargs):
     calls.append(1)
     if len(calls) == 4:
       os.kill(os.getpid(), signum)
-    return shard_batch(batch, mesh)
+    return shard_batch(batch, mesh, **kwargs)
 
   with mock.patch.object(parallel, 'shard_batch', signal_during_step_4):
     with pytest.raises(
@@ -338,3 +338,18 @@ def test_plot_metrics_overlays_runs_in_one_png(tmp_path, finished_run):
   assert (tmp_path / 'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   with pytest.raises(ValueError, match='has no metrics.jsonl'):
     plot_metrics.plot([str(tmp_path)], str(tmp_path / 'none.png'))
+
+
+
+
+def test_several_steps_per_call_train_the_same_and_log_the_same(tmp_path, make_config):
+  """6 steps, logged every 2, checkpoints at 3 and 6: calls of at most 4 steps cut at those steps."""
+  runs = {}
+  for k in (1, 4):
+    state, final = train.train_and_evaluate(make_config(steps_per_loop=k), str(tmp_path / str(k)))
+    lines = [json.loads(l) for l in open(tmp_path / str(k) / 'metrics.jsonl') if 'train_loss' in l]
+    runs[k] = params_of(state), [(l['step'], l['train_loss']) for l in lines]
+    assert final['step'] == 6 and sorted(os.listdir(tmp_path / str(k) / 'checkpoints')) == ['3', '6']
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), runs[1][0], runs[4][0])
+  assert [s for s, _ in runs[4][1]] == [2, 4, 6]
+  np.testing.assert_allclose(runs[1][1], runs[4][1], rtol=1e-5)

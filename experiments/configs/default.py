@@ -43,6 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 1000  # the same, for evaluation
   config.num_train_steps = -1  # -1: num_epochs over the training split
   config.num_epochs = 1.0  # when num_train_steps is -1
+  config.steps_per_loop = 1  # steps per call of the compiled step (a scan; fewer where the loop logs/saves/evals)
 
   # Optimizer and schedule.
   config.optimizer = 'adam'  # 'adam', 'sgd' (momentum) or 'rmsprop' (TensorFlow 1's, as Inception v3)

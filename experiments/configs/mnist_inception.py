@@ -30,16 +30,16 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.model.drop_rate = 0.5  # dropout on the hidden layer
 
   config.dataset = 'mnist'
-  config.global_batch_size = 64  # more steps per image than 128 (98.52% vs 98.39% in 15 minutes)
-  config.eval_batch_size = 1000
-  config.num_train_steps = 400  # 25,600 images: what fits in 15 minutes on 2 CPU cores
+  config.global_batch_size = 128
+  config.eval_batch_size = 250  # an evaluation step's buffers fit where a training step's were
+  config.num_train_steps = 470  # 1.003 epochs: what fits in 15 minutes on 2 CPU cores
+  config.steps_per_loop = 10  # one set of step buffers serves 10 steps (README, "Host memory")
 
   config.optimizer = 'adam'
   config.learning_rate = 2e-3  # peak
   config.lr_schedule = 'cosine'
-  config.warmup_steps = 40
-  # --config.lr_multipliers.fc1=0.1: 98.36% after 230 x 128, no better than 1 at this length.
-  config.lr_multipliers = {'fc1': 1.0}
+  config.warmup_steps = 30
+  config.lr_multipliers = {'fc1': 1.0}  # --config.lr_multipliers.fc1=0.1 slows the big layer's steps
 
   config.log_every_steps = 10
   config.eval_every_steps = 0  # only at the end
