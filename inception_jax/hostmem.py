@@ -56,9 +56,7 @@ def keep_freed_memory() -> bool:
   mallopt.argtypes, trim.argtypes = [ctypes.c_int, ctypes.c_int], [ctypes.c_size_t]
   # One arena, blocks up to MMAP_THRESHOLD from the heap, and a trim threshold of SIZE_MAX
   # (glibc reads the int -1 as size_t).
-  if not (
-      mallopt(_M_ARENA_MAX, 1) and mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, -1)
-  ):
+  if not (mallopt(_M_ARENA_MAX, 1) and mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, -1)):
     return False
   _libc = libc
   return True

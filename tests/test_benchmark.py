@@ -34,11 +34,19 @@ def test_torch_networks_have_our_parameter_counts(name):
 
 def test_train_run_reports_jax_and_torch_side_by_side():
   result = benchmark.run(
-      'mnist_inception', 'train', batch_size=2, steps=1, compare_torch=True, peak_flops=1e12, **TINY_MNIST
+      'mnist_inception',
+      'train',
+      batch_size=2,
+      steps=1,
+      compare_torch=True,
+      peak_flops=1e12,
+      steps_per_loop=3,
+      **TINY_MNIST,
   )
   json.dumps(result)  # one JSON line
   assert result['model'] == 'mnist_inception' and result['mode'] == 'train' and result['dtype'] == 'float32'
   assert (result['batch_size'], result['image_size'], result['aux_loss_weight']) == (2, 28, 0.3)
+  assert result['steps_per_loop'] == 3  # times are per step: a call of 3 steps counts 3
   assert result['device_kind'] and result['device_count'] == jax.device_count()
   assert result['params'] == result['torch_params'] == 810_626
   assert result['macs_per_image'] > 0 and result['compile_seconds'] > 0 and result['peak_host_memory_gb'] > 0

@@ -340,8 +340,6 @@ def test_plot_metrics_overlays_runs_in_one_png(tmp_path, finished_run):
     plot_metrics.plot([str(tmp_path)], str(tmp_path / 'none.png'))
 
 
-
-
 def test_several_steps_per_call_train_the_same_and_log_the_same(tmp_path, make_config):
   """6 steps, logged every 2, checkpoints at 3 and 6: calls of at most 4 steps cut at those steps."""
   runs = {}
@@ -353,3 +351,24 @@ def test_several_steps_per_call_train_the_same_and_log_the_same(tmp_path, make_c
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), runs[1][0], runs[4][0])
   assert [s for s, _ in runs[4][1]] == [2, 4, 6]
   np.testing.assert_allclose(runs[1][1], runs[4][1], rtol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_state_and_losses_within_2_percent(make_config):
+  import optax
+
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.random((16, 28, 28, 1), np.float32), 'label': rng.integers(0, 10, 16).astype(np.int32)}
+  losses = {}
+  for dtype in ('float32', 'bfloat16'):
+    config = make_config()
+    config.model.dtype = dtype
+    model = train.create_model(config, 10)
+    state = train.create_train_state(model, optax.adam(1e-3), (28, 28, 1), seed=0)
+    step = jax.jit(train.train_step)
+    losses[dtype] = []
+    for _ in range(3):
+      state, metrics = step(state, batch)
+      losses[dtype].append(float(metrics['loss']))
+    assert {x.dtype for x in jax.tree.leaves((state.params, state.opt_state)) if x.ndim} == {np.dtype('float32')}
+  np.testing.assert_allclose(losses['bfloat16'], losses['float32'], rtol=2e-2)
+  assert losses['float32'][2] < losses['float32'][0]  # the steps learn
