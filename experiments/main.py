@@ -10,6 +10,7 @@ writes about 8 per checkpoint), which are off otherwise. SIGTERM or Ctrl-C saves
 step and stops with status 128 + the signal's number; the same command resumes.
 """
 
+import logging as std_logging
 import os
 import re
 import sys
@@ -61,9 +62,11 @@ def run(default_config: str, default_workdir: str) -> None:
     except Exception as e:  # pylint: disable=broad-except
       if flags.FLAGS.verbosity >= 1:
         raise
-      # Work abandoned by the failure (Orbax's reads) may warn as the interpreter exits: not the error.
+      # Work abandoned by the failure (Orbax's reads) may warn or log (asyncio's "Task was destroyed
+      # but it is pending" with a TensorStore spec) as the interpreter exits: not the error.
       warnings.simplefilter('ignore')
       threading.excepthook = lambda args: None
+      std_logging.disable(std_logging.CRITICAL)
       _exit_with(f'error: {_one_line(e)} (--verbosity=1 shows the traceback)', 1)
 
   app.run(main, flags_parser=_parse_flags)

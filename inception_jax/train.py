@@ -8,6 +8,7 @@ is what `python -m experiments.mnist_inception` runs; tests call the same functi
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import signal
@@ -266,10 +267,14 @@ def create_writer(workdir: str, start_step: int = 0) -> metric_writers.MetricWri
   )
 
 
-def evaluate(eval_fn, state, inputs, mesh) -> dict[str, float]:
-  """Accuracy, top-5 accuracy and loss over the whole evaluation split."""
-  sums = [eval_fn(state, parallel.shard_batch(batch, mesh)) for batch in inputs.eval_batches()]
-  totals = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(sums))
+def evaluate(eval_fn, state, inputs, mesh, batches_per_call: int = 1) -> dict[str, float]:
+  """Accuracy, top-5 accuracy and loss over the whole evaluation split. `eval_fn` takes up to
+  `batches_per_call` batches stacked on a leading axis and returns the sums of each."""
+  batches, sums = inputs.eval_batches(), []
+  while group := list(itertools.islice(batches, batches_per_call)):
+    stacked = jax.tree.map(lambda *xs: np.stack(xs), *group)
+    sums.append(eval_fn(state, parallel.shard_batch(stacked, mesh, stacked=True)))
+  totals = jax.tree.map(lambda *xs: float(np.sum(np.concatenate(xs))), *jax.device_get(sums))
   count = totals['count']
   return {
       'accuracy': totals['correct'] / count,
@@ -478,8 +483,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
   )
 
   # The one place where steps are compiled. The state is donated: its buffers are reused. A call
-  # runs up to config.steps_per_loop steps over stacked batches, so that one set of step buffers
-  # serves them all (one compilation per number of steps in a call).
+  # runs up to config.steps_per_loop steps over stacked batches (evaluation: that many batches),
+  # so that one set of step buffers serves them all (one compilation per number of steps).
   step_fn = functools.partial(
       train_step, aux_loss_weight=config.aux_loss_weight, label_smoothing=config.label_smoothing
   )
@@ -489,8 +494,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
       out_shardings=(state_sharding, parallel.replicated(mesh)),
       donate_argnums=0,
   )
-  p_eval_step = jax.jit(
-      eval_step, in_shardings=(state_sharding, parallel.batch_sharding(mesh)), out_shardings=parallel.replicated(mesh)
+  p_eval_steps = jax.jit(
+      lambda state, batches: jax.lax.map(functools.partial(eval_step, state), batches),
+      in_shardings=(state_sharding, parallel.batch_sharding(mesh, stacked=True)),
+      out_shardings=parallel.replicated(mesh),
   )
 
   checkpointer = ckpt.Checkpointer(
@@ -535,7 +542,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     def run_eval(state, step: int) -> dict[str, float]:
       hostmem.release_freed_memory()  # the training steps' temporaries make room for the evaluation's
       start = time.perf_counter()
-      metrics = evaluate(p_eval_step, state, inputs, mesh)
+      metrics = evaluate(p_eval_steps, state, inputs, mesh, config.steps_per_loop)
       logging.info(
           'eval at step %d: accuracy %.4f  top-5 %.4f  loss %.4f  (%d examples, %.1fs)',
           step,

@@ -61,7 +61,7 @@ _STEPS = flags.DEFINE_integer(
     'steps', None, 'Timed steps after one warm-up step; default 5, or 100 batches for --mode=input.'
 )
 _STEPS_PER_LOOP = flags.DEFINE_integer(
-    'steps_per_loop', 1, 'Training steps per call, as config.steps_per_loop (the MNIST experiment: 10).'
+    'steps_per_loop', 1, 'Steps (or eval batches) per call, as config.steps_per_loop (the MNIST experiment: 10).'
 )
 _KEEP_FREED_MEMORY = flags.DEFINE_bool(
     'keep_freed_memory',
@@ -202,7 +202,7 @@ def run(
     **overrides,
 ) -> dict:
   """Times `steps` training or evaluation steps of `model_name` (fields `overrides`) on random data;
-  in training, calls of `steps_per_loop` steps (times are per step)."""
+  calls of `steps_per_loop` steps (times are per step)."""
   model = models.create_model(model_name, dtype=jnp.dtype(dtype), **overrides)
   size = image_size or model.image_size
   image_shape = (size, size, model.in_channels)
@@ -249,14 +249,18 @@ def run(
       jax.block_until_ready((holder[0], metrics))
 
   elif mode == 'eval':
-    step = jax.jit(train.eval_step, in_shardings=(state_sharding, parallel.batch_sharding(mesh)))
+    step = jax.jit(
+        lambda state, batches: jax.lax.map(functools.partial(train.eval_step, state), batches),  # as train's
+        in_shardings=(state_sharding, parallel.batch_sharding(mesh, stacked=True)),
+    )
+    batch = parallel.shard_batch({k: np.stack([v] * steps_per_loop) for k, v in host_batch.items()}, mesh, stacked=True)
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_seconds = time.perf_counter() - start
     jax_step = lambda: jax.block_until_ready(compiled(state, batch))
   else:
     raise ValueError(f"mode must be 'train' or 'eval' here, got {mode!r}.")
-  per_call = steps_per_loop if mode == 'train' else 1
+  per_call = steps_per_loop
 
   _time(jax_step, 1)  # warm-up
   memory_gb = host_memory_gb()  # before torch allocates anything

@@ -85,7 +85,7 @@ def test_steps_warmup_and_learning_rate_follow_the_batch_size():
   assert at(256, learning_rate=0.3).learning_rate == 0.3  # an explicit value stays
   # The MNIST recipe gives steps and evaluates only at the end.
   mnist = train.resolve_config(mnist_inception.get_config(), 60_000)
-  assert (mnist.num_train_steps, mnist.warmup_steps, mnist.learning_rate, mnist.eval_every_steps) == (400, 40, 2e-3, 0)
+  assert (mnist.num_train_steps, mnist.warmup_steps, mnist.learning_rate, mnist.eval_every_steps) == (470, 30, 2e-3, 0)
   synthetic = imagenet_inception.get_config('synthetic')
   synthetic.num_train_steps = -1
   with pytest.raises(ValueError, match="num_train_steps must be given in steps: dataset 'synthetic' has no epochs"):

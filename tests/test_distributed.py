@@ -46,11 +46,11 @@ def worker(coordinator: str, process_id: int, workdir: str) -> None:
   # A SIGTERM to process 1 alone during step 6: JAX's preemption service makes both save one step and stop.
   shard_batch, calls = parallel.shard_batch, []
 
-  def sigterm_during_step_6(batch, mesh):
+  def sigterm_during_step_6(batch, mesh, **kwargs):
     calls.append(1)
     if process_id == 1 and len(calls) == 2:
       os.kill(os.getpid(), signal.SIGTERM)
-    return shard_batch(batch, mesh)
+    return shard_batch(batch, mesh, **kwargs)
 
   parallel.shard_batch = sigterm_during_step_6
   try:
