@@ -199,6 +199,17 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.A
   }
 
 
+def train_steps(state: TrainState, batches: dict[str, jax.Array], **step_args) -> tuple[TrainState, dict]:
+  """train_step over batches stacked on a leading axis (one call, one set of step buffers);
+  the metrics of each step, stacked."""
+  return jax.lax.scan(functools.partial(train_step, **step_args), state, batches)
+
+
+def eval_steps(state: TrainState, batches: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """eval_step over batches stacked on a leading axis; the sums of each, stacked."""
+  return jax.lax.map(functools.partial(eval_step, state), batches)
+
+
 class JsonlWriter(metric_writers.interface.MetricWriter):
   """Scalars as one JSON object per line, for scripts and plots."""
 
@@ -485,17 +496,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
   # The one place where steps are compiled. The state is donated: its buffers are reused. A call
   # runs up to config.steps_per_loop steps over stacked batches (evaluation: that many batches),
   # so that one set of step buffers serves them all (one compilation per number of steps).
-  step_fn = functools.partial(
-      train_step, aux_loss_weight=config.aux_loss_weight, label_smoothing=config.label_smoothing
-  )
   p_train_steps = jax.jit(
-      lambda state, batches: jax.lax.scan(step_fn, state, batches),
+      functools.partial(train_steps, aux_loss_weight=config.aux_loss_weight, label_smoothing=config.label_smoothing),
       in_shardings=(state_sharding, parallel.batch_sharding(mesh, stacked=True)),
       out_shardings=(state_sharding, parallel.replicated(mesh)),
       donate_argnums=0,
   )
   p_eval_steps = jax.jit(
-      lambda state, batches: jax.lax.map(functools.partial(eval_step, state), batches),
+      eval_steps,
       in_shardings=(state_sharding, parallel.batch_sharding(mesh, stacked=True)),
       out_shardings=parallel.replicated(mesh),
   )

@@ -230,9 +230,8 @@ def run(
   batch = parallel.shard_batch(host_batch, mesh)
 
   if mode == 'train':
-    step_fn = functools.partial(train.train_step, aux_loss_weight=aux_loss_weight)
     step = jax.jit(
-        lambda state, batches: jax.lax.scan(step_fn, state, batches),  # as train_and_evaluate's
+        functools.partial(train.train_steps, aux_loss_weight=aux_loss_weight),
         in_shardings=(state_sharding, parallel.batch_sharding(mesh, stacked=True)),
         out_shardings=(state_sharding, parallel.replicated(mesh)),
         donate_argnums=0,
@@ -250,7 +249,7 @@ def run(
 
   elif mode == 'eval':
     step = jax.jit(
-        lambda state, batches: jax.lax.map(functools.partial(train.eval_step, state), batches),  # as train's
+        train.eval_steps,
         in_shardings=(state_sharding, parallel.batch_sharding(mesh, stacked=True)),
     )
     batch = parallel.shard_batch({k: np.stack([v] * steps_per_loop) for k, v in host_batch.items()}, mesh, stacked=True)

@@ -375,7 +375,6 @@ def test_bfloat16_compute_keeps_float32_state_and_losses_within_2_percent(make_c
 
 
 def test_evaluation_over_stacked_batches_gives_the_same_metrics(make_config):
-  import functools
   import types
 
   import optax
@@ -388,7 +387,7 @@ def test_evaluation_over_stacked_batches_gives_the_same_metrics(make_config):
   model = train.create_model(make_config(), 10)
   state = train.create_train_state(model, optax.sgd(0.1), (28, 28, 1), seed=0)
   mesh = parallel.make_mesh()
-  eval_fn = jax.jit(lambda state, batches: jax.lax.map(functools.partial(train.eval_step, state), batches))
+  eval_fn = jax.jit(train.eval_steps)
   one = train.evaluate(eval_fn, state, inputs, mesh, batches_per_call=1)
   three = train.evaluate(eval_fn, state, inputs, mesh, batches_per_call=3)  # calls of 3 and 2
   assert one == three
