@@ -37,11 +37,9 @@ _TIMEOUT = flags.DEFINE_float('timeout', 3600, 'Seconds one launch may take.')
 
 def launch(module: str, workdir: str, overrides: list[str], log: str) -> subprocess.Popen:
   # Launches share compiled programs through JAX's persistent cache (same program, same results).
-  env = dict(
-      os.environ,
-      JAX_COMPILATION_CACHE_DIR=os.path.join(os.path.dirname(log), 'jax_cache'),
-      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-  )
+  env = dict(os.environ)
+  env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(os.path.dirname(log), 'jax_cache'))
+  env.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
   with open(log, 'w') as f:
     return subprocess.Popen(
         [sys.executable, '-m', module, f'--workdir={workdir}', *overrides], stdout=f, stderr=f, env=env

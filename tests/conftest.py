@@ -1,5 +1,7 @@
 import os
 import pathlib
+import shutil
+import tempfile
 
 import pytest
 
@@ -11,6 +13,13 @@ SHARED_MNIST = ROOT.parent / 'shared' / 'data' / 'mnist'
 # Offline machines (CI) prepare MNIST from the four IDX files beside the project.
 if SHARED_MNIST.is_dir():
   os.environ.setdefault('TFDS_MANUAL_DIR', str(SHARED_MNIST))
+
+# One persistent compilation cache per test run, shared by the pytest-xdist workers and by
+# every process the tests launch (through the environment): each program compiles once.
+RUN_ID = os.environ.get('PYTEST_XDIST_TESTRUNUID') or str(os.getpid())
+COMPILATION_CACHE = os.path.join(tempfile.gettempdir(), f'inception_jax_tests_{RUN_ID}_jax_cache')
+os.environ['JAX_COMPILATION_CACHE_DIR'] = COMPILATION_CACHE
+os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.5'
 
 
 def tiny_config(**fields):
@@ -35,10 +44,15 @@ def make_config():
 
 
 @pytest.fixture(scope='session', autouse=True)
-def compilation_cache(tmp_path_factory):
-  """The training tests compile the same tiny steps many times: compile each once."""
+def compilation_cache():
+  """The tests compile the same tiny steps many times: compile each once (see below)."""
   import jax
 
-  jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('jax_cache')))
+  jax.config.update('jax_compilation_cache_dir', COMPILATION_CACHE)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
   yield
+
+
+def pytest_sessionfinish(session):
+  if not os.environ.get('PYTEST_XDIST_WORKER'):  # the controller, after every worker
+    shutil.rmtree(COMPILATION_CACHE, ignore_errors=True)

@@ -1,6 +1,6 @@
 """The ImageNet-style experiment: its configs, input pipelines (MNIST through the ImageNet
-pipeline at 75x75x3), and a short real run that learns (a narrow MNIST network: GoogLeNet
-takes a minute to compile)."""
+pipeline at 75x75x3), and a short real run at 32x32x3 that learns (a narrow MNIST network:
+GoogLeNet takes a minute to compile)."""
 
 import json
 import os
@@ -82,9 +82,9 @@ def test_eval_split_is_padded_alike_on_every_process():
 
 
 def test_imagenet_pipeline_learns_mnist(tmp_path):
-  _, final = train.train_and_evaluate(mnist_at(75), str(tmp_path))
+  _, final = train.train_and_evaluate(mnist_at(32), str(tmp_path))
   assert final['step'] == 40
-  assert final['test_accuracy'] > 0.35  # chance is 0.1; 57% on the development machine
+  assert final['test_accuracy'] > 0.5  # chance is 0.1; 79% on the development machine
   assert final['test_top5_accuracy'] >= final['test_accuracy']
   on_disk = json.load(open(os.path.join(tmp_path, 'final_metrics.json')))
   assert on_disk['test_top5_accuracy'] == final['test_top5_accuracy']

@@ -19,6 +19,7 @@ from jax.sharding import PartitionSpec as P
 from inception_jax import parallel, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.xdist_group('eight_device_runs')  # one worker runs the fixture once
 EIGHT_DEVICES = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', PYTHONPATH=str(ROOT))
 
 
