@@ -140,7 +140,9 @@ def torch_fidelity_kid(
 
 def test_fid_matches_pytorch_fid_end_to_end(network, folders):
   # What scripts.fid computes, from pytorch-fid's kind of weight file.
-  ours = metrics.calculate_metrics([folders.a, folders.b], metrics=('fid', 'is', 'kid'), weights=network.pth, **SMALL)
+  ours = metrics.calculate_metrics(
+      [folders.a, folders.b], metrics=('fid', 'is', 'kid'), weights=network.pth, batch_size=8, **SMALL
+  )
   extractor = fid_ref.InceptionV3(network.torch, output_blocks=(3,)).eval()  # pytorch-fid's, its weights replaced
   activations = [
       fid_score.get_activations(fid_score.image_files(p), extractor, 50, 2048, 'cpu', 0) for p in (folders.a, folders.b)
@@ -256,6 +258,7 @@ def test_cli_json_save_stats_and_every_kind_of_path(network, folders, tmp_path, 
         run_cli(
             *paths,
             '--dims=64',
+            '--batch_size=8',
             f'--weights={weights}',
             metrics_flag,
             '--kid_subsets=5',
