@@ -41,7 +41,7 @@ class NonFiniteStateError(FloatingPointError):
 class Checkpointer:
   """The train state (`state`) and a small JSON record (`meta`) per saved step."""
 
-  def __init__(self, directory: str, *, save_every_steps: int, keep: int):
+  def __init__(self, directory: str, *, save_every_steps: int, keep: int, async_save: bool = True):
     self.directory = os.path.abspath(directory)
     self.set_aside_directory = self.directory + '_set_aside'
     self._save_every_steps = max(save_every_steps, 1)
@@ -51,6 +51,7 @@ class Checkpointer:
             max_to_keep=keep,
             create=True,
             cleanup_tmp_directories=True,
+            enable_async_checkpointing=async_save,
         ),
         item_names=('state', 'meta'),
     )
@@ -66,7 +67,7 @@ class Checkpointer:
     return step % self._save_every_steps == 0
 
   def save(self, step: int, state: Any, meta: dict) -> None:
-    """Starts writing `state` in the background (wait() waits for it), with its checksums."""
+    """Writes `state` with its checksums: in the background if async_save (wait() waits for it)."""
     checksums, finite = fingerprint(state)
     if not finite:
       raise NonFiniteStateError(f'the state of step {step} holds NaN or infinity; it was not saved')

@@ -420,6 +420,8 @@ def _train(
         checkpointer.save(step, state, meta)
       except ckpt.NonFiniteStateError as e:
         _diverged(f'The training diverged: {e}', step - 1, checkpointer)  # the update from step - 1 blew up
+      if not config.async_checkpoints:
+        hostmem.release_freed_memory()  # the written host copy
     if stop:
       checkpointer.wait()
       signum = signals.received or signal.SIGTERM
@@ -509,7 +511,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
   )
 
   checkpointer = ckpt.Checkpointer(
-      os.path.join(workdir, 'checkpoints'), save_every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints
+      os.path.join(workdir, 'checkpoints'),
+      save_every_steps=config.checkpoint_every_steps,
+      keep=config.keep_checkpoints,
+      async_save=config.async_checkpoints,
   )
   signals = interrupts.StopSignals()
   signals.__enter__()  # from here on, a signal stops the run at the next step boundary

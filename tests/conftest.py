@@ -45,7 +45,7 @@ def make_config():
 
 @pytest.fixture(scope='session', autouse=True)
 def compilation_cache():
-  """The tests compile the same tiny steps many times: compile each once (see below)."""
+  """The tests compile the same tiny steps many times: compile each once (the cache above)."""
   import jax
 
   jax.config.update('jax_compilation_cache_dir', COMPILATION_CACHE)

@@ -27,6 +27,7 @@ def config_for_test(num_train_steps):
       num_train_steps=num_train_steps,
       log_every_steps=1,
       checkpoint_every_steps=2,
+      async_checkpoints=True,  # as on accelerators (the MNIST config writes synchronously)
   )
 
 

@@ -163,6 +163,17 @@ def test_command_line_reports_a_failure_in_one_line_and_exits_non_zero(tmp_path,
   assert 'Traceback' not in run.stderr and 'Event loop is closed' not in run.stderr, run.stderr[-3000:]
 
 
+def test_a_synchronous_save_has_written_its_step_when_it_returns(tmp_path):
+  # async_checkpoints=False (the MNIST config): no background write holds a host copy while training goes on.
+  checkpointer = checkpoint.Checkpointer(str(tmp_path), save_every_steps=1, keep=2, async_save=False)
+  try:
+    checkpointer.save(1, {'w': jax.numpy.arange(4.0)}, {})
+    assert os.listdir(tmp_path) == ['1']  # final, not an .orbax-checkpoint-tmp folder
+    assert {'meta', 'state'} <= set(os.listdir(tmp_path / '1'))
+  finally:
+    checkpointer.close()
+
+
 def test_resume_from_an_earlier_step_sets_later_ones_aside_once(tmp_path, make_config, finished_run):
   workdir = tmp_path / 'run'
   shutil.copytree(finished_run[0], workdir)

@@ -81,5 +81,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_epochs = 0.0
   config.checkpoint_every_steps = 200
   config.keep_checkpoints = 2  # the last K checkpoints are kept
+  config.async_checkpoints = True  # False: training waits for each write (the MNIST config says why)
   config.resume_from_step = -1  # -1: the newest good checkpoint; N: rewind to step N's (later ones are set aside)
   return config
