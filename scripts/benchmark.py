@@ -227,7 +227,9 @@ def run(
       'label': rng.integers(0, model.num_classes, batch_size).astype(np.int32),
       'mask': np.ones(batch_size, np.float32),
   }
-  batch = parallel.shard_batch(host_batch, mesh)
+  # steps_per_loop copies, stacked as the loop stacks its batches (a training batch has no mask).
+  stacked = {k: np.stack([v] * steps_per_loop) for k, v in host_batch.items() if mode == 'eval' or k != 'mask'}
+  batch = parallel.shard_batch(stacked, mesh, stacked=True)
 
   if mode == 'train':
     step = jax.jit(
@@ -236,8 +238,6 @@ def run(
         out_shardings=(state_sharding, parallel.replicated(mesh)),
         donate_argnums=0,
     )
-    stacked = {k: np.stack([v] * steps_per_loop) for k, v in host_batch.items() if k != 'mask'}
-    batch = parallel.shard_batch(stacked, mesh, stacked=True)
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_seconds = time.perf_counter() - start
@@ -252,21 +252,19 @@ def run(
         train.eval_steps,
         in_shardings=(state_sharding, parallel.batch_sharding(mesh, stacked=True)),
     )
-    batch = parallel.shard_batch({k: np.stack([v] * steps_per_loop) for k, v in host_batch.items()}, mesh, stacked=True)
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_seconds = time.perf_counter() - start
     jax_step = lambda: jax.block_until_ready(compiled(state, batch))
   else:
     raise ValueError(f"mode must be 'train' or 'eval' here, got {mode!r}.")
-  per_call = steps_per_loop
 
   _time(jax_step, 1)  # warm-up
   memory_gb = host_memory_gb()  # before torch allocates anything
   flops_per_image = 2 * macs * (3 if mode == 'train' else 1)
 
   def rates(prefix: str, times: list[tuple[float, float]]) -> dict:
-    walls, cpus = zip(*[(wall / per_call, cpu / per_call) for wall, cpu in times])
+    walls, cpus = zip(*[(wall / steps_per_loop, cpu / steps_per_loop) for wall, cpu in times])
     seconds = statistics.median(walls)
     out = {
         f'{prefix}images_per_sec': batch_size / seconds,
@@ -286,7 +284,7 @@ def run(
       'batch_size': batch_size,
       'image_size': size,
       'dtype': dtype,
-      'steps_per_loop': per_call,
+      'steps_per_loop': steps_per_loop,
       **_devices(),
       'params': num_params,
       'compile_seconds': compile_seconds,
@@ -300,7 +298,7 @@ def run(
 
   torch_step, torch_info = _torch_step(model_name, model, mode, host_batch, aux_loss_weight, dtype)
   _check_same_size(num_params, torch_info['torch_params'])
-  torch_steps = lambda: [torch_step() for _ in range(per_call)]
+  torch_steps = lambda: [torch_step() for _ in range(steps_per_loop)]
   jax_times, torch_times = _alternate([jax_step, torch_steps], steps)
   result |= rates('', jax_times) | torch_info | rates('torch_', torch_times)
   result['speedup'] = result['images_per_sec'] / result['torch_images_per_sec']
