@@ -239,16 +239,27 @@ def test_a_signal_saves_the_current_step_and_the_rerun_resumes_bit_identical(
   jax.tree.map(np.testing.assert_array_equal, params_of(resumed), finished_run[1])
 
 
-def test_labels_out_of_range_make_the_step_say_so():
+@pytest.fixture(scope='module')
+def tiny_state():
+  """A fresh state of the tiny network (Adam 1e-4) from one jitted call: op by op, its
+  initializers would compile dozens of small programs in every test."""
   import optax
 
   from conftest import tiny_config
 
-  model = train.create_model(tiny_config(), 3)
-  state = train.create_train_state(model, optax.sgd(0.1), (28, 28, 1), seed=0)
-  images, step = np.zeros((2, 28, 28, 1), np.float32), jax.jit(train.train_step)
-  _, good = step(state, {'image': images, 'label': np.array([0, 2])})
-  _, bad = step(state, {'image': images, 'label': np.array([0, 3])})
+  model = train.create_model(tiny_config(), 10)
+  return jax.jit(lambda: train.create_train_state(model, optax.adam(1e-4), (28, 28, 1), seed=0))()
+
+
+def random_batch(n: int) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(0)
+  return {'image': rng.random((n, 28, 28, 1), np.float32), 'label': rng.integers(0, 10, n).astype(np.int32)}
+
+
+def test_labels_out_of_range_make_the_step_say_so(tiny_state):
+  step, batch = jax.jit(train.train_step), random_batch(16)  # the bfloat16 test's float32 step: compiled once
+  _, good = step(tiny_state, batch)
+  _, bad = step(tiny_state, batch | {'label': np.r_[batch['label'][:15], 10]})
   assert np.isfinite(good['loss']) and good['labels_out_of_range'] == 0
   assert np.isnan(bad['loss']) and bad['labels_out_of_range'] == 1
 
@@ -360,17 +371,13 @@ def test_several_steps_per_call_train_the_same_and_log_the_same(tmp_path, make_c
   np.testing.assert_allclose(runs[1][1], runs[4][1], rtol=1e-5)
 
 
-def test_bfloat16_compute_keeps_float32_state_and_losses_within_2_percent(make_config):
-  import optax
-
-  rng = np.random.default_rng(0)
-  batch = {'image': rng.random((16, 28, 28, 1), np.float32), 'label': rng.integers(0, 10, 16).astype(np.int32)}
+def test_bfloat16_compute_keeps_float32_state_and_losses_within_2_percent(make_config, tiny_state):
+  batch = random_batch(16)
   losses = {}
   for dtype in ('float32', 'bfloat16'):
     config = make_config()
     config.model.dtype = dtype
-    model = train.create_model(config, 10)
-    state = train.create_train_state(model, optax.adam(1e-4), (28, 28, 1), seed=0)
+    state = tiny_state.replace(apply_fn=train.create_model(config, 10).apply)  # the same float32 parameters
     step = jax.jit(train.train_step)
     losses[dtype] = []
     for _ in range(3):
@@ -381,18 +388,14 @@ def test_bfloat16_compute_keeps_float32_state_and_losses_within_2_percent(make_c
   assert losses['float32'][2] < losses['float32'][0]  # the steps learn
 
 
-def test_evaluation_over_stacked_batches_gives_the_same_metrics(make_config):
+def test_evaluation_over_stacked_batches_gives_the_same_metrics(make_config, tiny_state):
   import types
-
-  import optax
 
   from inception_jax import data, parallel
 
-  rng = np.random.default_rng(0)
-  split = {'image': rng.random((70, 28, 28, 1), np.float32), 'label': rng.integers(0, 10, 70).astype(np.int32)}
+  split, state = random_batch(70), tiny_state
   inputs = types.SimpleNamespace(eval_batches=lambda: data.eval_batches(split, 16))  # 5 batches, the last padded
   model = train.create_model(make_config(), 10)
-  state = train.create_train_state(model, optax.sgd(0.1), (28, 28, 1), seed=0)
   mesh = parallel.make_mesh()
   eval_fn = jax.jit(train.eval_steps)
   one = train.evaluate(eval_fn, state, inputs, mesh, batches_per_call=1)
