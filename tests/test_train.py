@@ -18,18 +18,12 @@ def params_of(state):
 
 
 def test_short_real_mnist_run_learns(tmp_path, make_config):
-  config = make_config(
-      num_train_steps=60,
-      global_batch_size=64,
-      warmup_steps=5,
-      checkpoint_every_steps=60,
-      eval_split='test[:2000]',
-      eval_batch_size=500,
-  )
+  # The tiny config's batches (32; evaluation 250), whose steps the other tests compile too.
+  config = make_config(num_train_steps=60, warmup_steps=5, checkpoint_every_steps=60, eval_split='test[:2000]')
   workdir = str(tmp_path)
   _, final = train.train_and_evaluate(config, workdir)
   assert final['step'] == 60
-  assert final['test_accuracy'] > 0.5  # chance is 0.1
+  assert final['test_accuracy'] > 0.7  # chance is 0.1; it reaches 0.86
   on_disk = json.load(open(os.path.join(workdir, 'final_metrics.json')))
   assert {'test_accuracy', 'test_loss', 'step', 'train_seconds'} <= set(on_disk)
   assert on_disk['test_accuracy'] == final['test_accuracy']
