@@ -155,7 +155,9 @@ def test_fid_matches_pytorch_fid_end_to_end(network, folders):
       fid_score.calculate_frechet_distance(*part[0], *part[1]), rel=1e-6
   )
   # PNG folders of 40x48 images through both whole pipelines, 2048-d.
-  assert ours['fid'] == pytest.approx(metrics.frechet_distance(*stats(activations[0]), *stats(activations[1])), rel=1e-4)
+  assert ours['fid'] == pytest.approx(
+      metrics.frechet_distance(*stats(activations[0]), *stats(activations[1])), rel=1e-4
+  )
   assert (ours['num_images_1'], ours['num_images_2']) == (6, 6)
   # IS and KID on torch's features, as torch-fidelity computes them (its logits_unbiased: no fc bias).
   logits = activations[0] @ network.torch.fc.weight.detach().numpy().T.astype(np.float64)
