@@ -32,42 +32,39 @@ def test_short_real_mnist_run_learns(tmp_path, make_config):
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir))
 
 
-def test_resumed_run_ends_with_the_same_parameters(tmp_path, make_config):
-  config = make_config()  # 6 steps, checkpoints at 3 and 6
-  uninterrupted, _ = train.train_and_evaluate(config, str(tmp_path / 'a'))
-
-  workdir = tmp_path / 'b'
-  train.train_and_evaluate(config, str(workdir))
-  # Simulate a run killed after its step-3 checkpoint: step 6 was never written.
-  shutil.rmtree(workdir / 'checkpoints' / '6')
-  os.remove(workdir / 'final_metrics.json')
-  resumed, final = train.train_and_evaluate(config, str(workdir))
-
-  assert final['step'] == 6
-  jax.tree.map(np.testing.assert_array_equal, params_of(resumed), params_of(uninterrupted))
-  np.testing.assert_array_equal(
-      resumed.opt_state[0].mu['fc1']['kernel'], uninterrupted.opt_state[0].mu['fc1']['kernel']
-  )
-
-
-def test_finished_run_evaluates_without_training(tmp_path, make_config):
-  config = make_config(num_train_steps=3)
-  first, _ = train.train_and_evaluate(config, str(tmp_path))
-  with mock.patch.object(train.logging, 'info', wraps=train.logging.info) as info:
-    again, final = train.train_and_evaluate(config, str(tmp_path))
-  assert any('already finished' in call.args[0] for call in info.call_args_list)
-  assert final['step'] == 3
-  jax.tree.map(np.testing.assert_array_equal, params_of(again), params_of(first))
-
-
 @pytest.fixture(scope='module')
 def finished_run(tmp_path_factory):
-  """A tiny 6-step run (checkpoints at 3 and 6) and its final parameters, to copy and damage."""
+  """A tiny 6-step run (checkpoints at 3 and 6), to copy and damage or resume: its workdir,
+  final parameters and fc1 kernel's Adam moment."""
   from conftest import tiny_config
 
   workdir = tmp_path_factory.mktemp('finished')
   state, _ = train.train_and_evaluate(tiny_config(), str(workdir))
-  return workdir, params_of(state)
+  return workdir, params_of(state), np.asarray(state.opt_state[0].mu['fc1']['kernel'])
+
+
+def test_resumed_run_ends_with_the_same_parameters(tmp_path, make_config, finished_run):
+  template, uninterrupted, uninterrupted_mu = finished_run
+  workdir = tmp_path / 'run'
+  shutil.copytree(template, workdir)
+  # A run killed after its step-3 checkpoint: step 6 was never written.
+  shutil.rmtree(workdir / 'checkpoints' / '6')
+  os.remove(workdir / 'final_metrics.json')
+  resumed, final = train.train_and_evaluate(make_config(), str(workdir))
+
+  assert final['step'] == 6
+  jax.tree.map(np.testing.assert_array_equal, params_of(resumed), uninterrupted)
+  np.testing.assert_array_equal(resumed.opt_state[0].mu['fc1']['kernel'], uninterrupted_mu)
+
+
+def test_finished_run_evaluates_without_training(tmp_path, make_config, finished_run):
+  workdir = tmp_path / 'run'
+  shutil.copytree(finished_run[0], workdir)
+  with mock.patch.object(train.logging, 'info', wraps=train.logging.info) as info:
+    again, final = train.train_and_evaluate(make_config(), str(workdir))
+  assert any('already finished' in call.args[0] for call in info.call_args_list)
+  assert final['step'] == 6
+  jax.tree.map(np.testing.assert_array_equal, params_of(again), finished_run[1])
 
 
 def damage(step_dir, how):
@@ -96,7 +93,7 @@ def damage(step_dir, how):
 def test_damaged_latest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(
     tmp_path, make_config, finished_run, how
 ):
-  template, uninterrupted = finished_run
+  template, uninterrupted, _ = finished_run
   workdir = tmp_path / 'run'
   shutil.copytree(template, workdir)
   damage(workdir / 'checkpoints' / '6', how)
@@ -184,7 +181,7 @@ def test_resume_from_an_earlier_step_sets_later_ones_aside_once(tmp_path, make_c
     train.train_and_evaluate(make_config(resume_from_step=4), str(workdir))
 
 
-def test_divergence_names_the_newest_checkpoint_whose_weights_gave_a_finite_loss(tmp_path, make_config):
+def test_divergence_names_the_newest_checkpoint_whose_weights_gave_a_finite_loss(tmp_path, make_config, finished_run):
   # lr 1e4 from the start: step 1's loss is finite, the weights it leaves blow up at step 2.
   config = make_config(
       learning_rate=1e4, warmup_steps=0, lr_schedule='constant', checkpoint_every_steps=1, log_every_steps=1
@@ -194,15 +191,16 @@ def test_divergence_names_the_newest_checkpoint_whose_weights_gave_a_finite_loss
   assert not os.listdir(tmp_path / 'a' / 'checkpoints')  # step 1's weights were set aside
 
   # Healthy for 3 steps, then a learning rate that diverges: step 3 is named, and resuming works.
-  workdir = str(tmp_path / 'b')
-  train.train_and_evaluate(make_config(num_train_steps=3), workdir)
+  workdir = tmp_path / 'b'
+  shutil.copytree(finished_run[0], workdir)
+  shutil.rmtree(workdir / 'checkpoints' / '6')  # the newest is step 3's
   diverging = make_config(learning_rate=1e4, warmup_steps=0, lr_schedule='constant', num_train_steps=6)
   with pytest.raises(
       FloatingPointError,
       match='the newest checkpoint whose weights still gave a finite loss is step 3: ' 'lower the learning_rate',
   ):
-    train.train_and_evaluate(diverging, workdir)
-  _, final = train.train_and_evaluate(make_config(), workdir)
+    train.train_and_evaluate(diverging, str(workdir))
+  _, final = train.train_and_evaluate(make_config(), str(workdir))
   assert final['step'] == 6 and np.isfinite(final['test_loss'])
 
 
