@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from inception_jax import models
+from model_utils import random_variables, variable_shapes
 
 
 def param_count(model, shape):
@@ -22,7 +23,7 @@ def test_seed_network_parameter_count():
 def test_seed_network_outputs_and_fixed_feature_keys():
   model = models.create_model('mnist_inception', widths=(4, 8), hidden_units=32)
   x = jax.random.normal(jax.random.PRNGKey(1), (3, 28, 28, 1))
-  variables = jax.jit(model.init, static_argnames='train')(jax.random.PRNGKey(0), x, train=False)
+  variables = random_variables(variable_shapes(model, x.shape))  # model.init compiles slowly on CPU
   apply = jax.jit(model.apply, static_argnames='train')
   logits, features = apply(variables, x, train=False)
   train_logits, train_features = apply(variables, x, train=True, rngs={'dropout': jax.random.PRNGKey(2)})
@@ -43,8 +44,7 @@ def test_seed_block_activation_placement():
   # reductions have their own ReLU. Compare with a hand-written block.
   block = models.InceptionBlock(4, 3, 5, 2, 6, 7, relu_after_concat=True)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 9, 3))
-  params = jax.jit(block.init)(jax.random.PRNGKey(1), x)['params']
-  params = jax.tree.map(lambda p: p + 0.1, params)  # non-zero biases
+  params = random_variables(jax.eval_shape(block.init, jax.random.PRNGKey(1), x))['params']  # non-zero biases too
   y = jax.jit(block.apply)({'params': params}, x)
 
   def conv(name, h):
