@@ -350,17 +350,20 @@ def test_plot_metrics_overlays_runs_in_one_png(tmp_path, finished_run):
     plot_metrics.plot([str(tmp_path)], str(tmp_path / 'none.png'))
 
 
-def test_several_steps_per_call_train_the_same_and_log_the_same(tmp_path, make_config):
-  """6 steps, logged every 2, checkpoints at 3 and 6: calls of at most 4 steps cut at those steps."""
-  runs = {}
-  for k in (1, 4):
-    state, final = train.train_and_evaluate(make_config(steps_per_loop=k), str(tmp_path / str(k)))
-    lines = [json.loads(l) for l in open(tmp_path / str(k) / 'metrics.jsonl') if 'train_loss' in l]
-    runs[k] = params_of(state), [(l['step'], l['train_loss']) for l in lines]
-    assert final['step'] == 6 and sorted(os.listdir(tmp_path / str(k) / 'checkpoints')) == ['3', '6']
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), runs[1][0], runs[4][0])
-  assert [s for s, _ in runs[4][1]] == [2, 3, 4, 6]  # every log step, and the checkpoint's
-  np.testing.assert_allclose(runs[1][1], runs[4][1], rtol=1e-5)
+def test_several_steps_per_call_train_the_same_and_log_the_same(tmp_path, make_config, finished_run):
+  """6 steps, logged every 2, checkpoints at 3 and 6: one step per call, against the finished
+  run's calls of up to steps_per_loop (the MNIST config's 10), cut at those steps."""
+
+  def logged(workdir):
+    return [(l['step'], l['train_loss']) for l in map(json.loads, open(workdir / 'metrics.jsonl')) if 'train_loss' in l]
+
+  state, final = train.train_and_evaluate(make_config(steps_per_loop=1), str(tmp_path))
+  assert final['step'] == 6 and sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
+  several, several_params = finished_run[0], finished_run[1]
+  assert make_config().steps_per_loop > 2 and sorted(os.listdir(several / 'checkpoints')) == ['3', '6']
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), params_of(state), several_params)
+  assert [s for s, _ in logged(several)] == [2, 3, 4, 6]  # every log step, and the checkpoint's
+  np.testing.assert_allclose(logged(tmp_path), logged(several), rtol=1e-5)
 
 
 def test_bfloat16_compute_keeps_float32_state_and_losses_within_2_percent(make_config, tiny_state):
