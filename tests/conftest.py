@@ -15,7 +15,8 @@ if SHARED_MNIST.is_dir():
   os.environ.setdefault('TFDS_MANUAL_DIR', str(SHARED_MNIST))
 
 # One persistent compilation cache per test run, shared by the pytest-xdist workers and by
-# every process the tests launch (through the environment): each program compiles once.
+# every process the tests launch (through the environment, which JAX reads when it is first
+# imported, after this file): each program compiles once.
 RUN_ID = os.environ.get('PYTEST_XDIST_TESTRUNUID') or str(os.getpid())
 COMPILATION_CACHE = os.path.join(tempfile.gettempdir(), f'inception_jax_tests_{RUN_ID}_jax_cache')
 os.environ['JAX_COMPILATION_CACHE_DIR'] = COMPILATION_CACHE
@@ -41,16 +42,6 @@ def tiny_config(**fields):
 @pytest.fixture
 def make_config():
   return tiny_config
-
-
-@pytest.fixture(scope='session', autouse=True)
-def compilation_cache():
-  """The tests compile the same tiny steps many times: compile each once (the cache above)."""
-  import jax
-
-  jax.config.update('jax_compilation_cache_dir', COMPILATION_CACHE)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
-  yield
 
 
 def pytest_sessionfinish(session):
