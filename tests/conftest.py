@@ -17,8 +17,10 @@ if SHARED_MNIST.is_dir():
 # One persistent compilation cache per test run, shared by the pytest-xdist workers and by
 # every process the tests launch (through the environment, which JAX reads when it is first
 # imported, after this file): each program compiles once.
-RUN_ID = os.environ.get('PYTEST_XDIST_TESTRUNUID') or str(os.getpid())
-COMPILATION_CACHE = os.path.join(tempfile.gettempdir(), f'inception_jax_tests_{RUN_ID}_jax_cache')
+# The process that runs pytest names it; the workers and launched processes inherit the name.
+COMPILATION_CACHE = os.environ.setdefault(
+    'INCEPTION_JAX_TESTS_CACHE', os.path.join(tempfile.gettempdir(), f'inception_jax_tests_{os.getpid()}_jax_cache')
+)
 os.environ['JAX_COMPILATION_CACHE_DIR'] = COMPILATION_CACHE
 os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.5'
 
