@@ -1,20 +1,26 @@
-"""Two real processes on localhost, joined by jax.distributed with CPU collectives, train,
-checkpoint, resume, save together on a SIGTERM to one of them, and end where one process does."""
+"""Two real processes on localhost of 4 fake CPU devices each, joined by jax.distributed with
+CPU collectives, train on the 8 devices with replicated parameters, checkpoint, resume with the
+large parameters sharded over the 8, save together on a SIGTERM to one of them, and end where
+one process on one device does; each step compiles once (the mesh arithmetic: test_parallel.py)."""
 
+import collections
+import functools
 import json
 import os
 import re
 import signal
+from unittest import mock
 
 import jax
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 import processes
 
 from inception_jax import checkpoint, train
 
 
-def config_for_test(num_train_steps):
+def config_for_test(num_train_steps, **fields):
   from conftest import tiny_config
 
   # A constant schedule after warmup: stopping at step 2 and going on follows the same
@@ -28,25 +34,40 @@ def config_for_test(num_train_steps):
       log_every_steps=1,
       checkpoint_every_steps=2,
       async_checkpoints=True,  # as on accelerators (the MNIST config writes synchronously)
+      **fields,
   )
 
 
 def worker(coordinator: str, process_id: int, workdir: str) -> None:
-  """One of two processes: a run of 2 steps, then a fresh start that resumes from its
-  checkpoint and is stopped by a SIGTERM to process 1 alone."""
+  """One of two processes: a replicated run of 2 steps, then a fresh start with the large
+  parameters sharded that resumes from its checkpoint and is stopped by a SIGTERM to process 1
+  alone. Prints, per run, the traces of the steps and the layout of fc1's kernel and its Adam
+  moment in the checkpoints it saved."""
   from absl import logging
 
   from inception_jax import interrupts, parallel
 
   logging.set_verbosity(logging.INFO)
   parallel.initialize_distributed(coordinator, 2, process_id)
-  assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 4, 2)
-  _, final = train.train_and_evaluate(config_for_test(2), workdir)
-  assert final['step'] == 2
+  assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 8, 4)
+  traces, saved = collections.Counter(), []
+
+  def counted(fn):
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):  # runs only when jax.jit traces the step
+      traces[fn.__name__] += 1
+      return fn(*args, **kwargs)
+
+    return traced
+
+  def recorded_save(self, step, state, meta):
+    kernel, mu = state.params['fc1']['kernel'], state.opt_state[0].mu['fc1']['kernel']
+    saved.append((str(kernel.sharding.spec), str(mu.sharding.spec), len(kernel.sharding.device_set)))
+    return save(self, step, state, meta)
 
   # Resumed at step 2, a SIGTERM to process 1 alone during step 4: JAX's preemption service
   # makes both save one step and stop.
-  shard_batch, calls = parallel.shard_batch, []
+  shard_batch, save, calls = parallel.shard_batch, checkpoint.Checkpointer.save, []
 
   def sigterm_during_step_4(batch, mesh, **kwargs):
     calls.append(1)
@@ -54,21 +75,40 @@ def worker(coordinator: str, process_id: int, workdir: str) -> None:
       os.kill(os.getpid(), signal.SIGTERM)
     return shard_batch(batch, mesh, **kwargs)
 
-  parallel.shard_batch = sigterm_during_step_4
-  try:
-    train.train_and_evaluate(config_for_test(10), workdir)
-    raise AssertionError('not stopped')
-  except interrupts.StopRequested as e:
-    print(f'process {process_id}: {e}', flush=True)
-  finally:
-    parallel.shard_batch = shard_batch
+  runs = {}
+  with (
+      mock.patch.object(train, 'train_step', counted(train.train_step)),
+      mock.patch.object(train, 'eval_step', counted(train.eval_step)),
+      mock.patch.object(checkpoint.Checkpointer, 'save', recorded_save),
+  ):
+    _, final = train.train_and_evaluate(config_for_test(2), workdir)
+    assert final['step'] == 2
+    runs['replicated'] = dict(traces=dict(traces), saved=list(saved))
+    traces.clear(), saved.clear()
+    try:
+      with mock.patch.object(parallel, 'shard_batch', sigterm_during_step_4):
+        train.train_and_evaluate(config_for_test(10, shard_params=True, shard_min_size=4096), workdir)
+      raise AssertionError('not stopped')
+    except interrupts.StopRequested as e:
+      print(f'process {process_id}: {e}', flush=True)
+    runs['sharded'] = dict(traces=dict(traces), saved=list(saved))
+  print(f'process {process_id} runs: {json.dumps(runs)}', flush=True)
   jax.distributed.shutdown()
 
 
 def test_two_processes_train_checkpoint_resume_and_match_one(tmp_path):
   workdir = tmp_path / 'two'
-  outputs = processes.run_two('test_distributed', 'worker', str(workdir))
+  outputs = processes.run_two('test_distributed', 'worker', str(workdir), devices_each=4)
   assert 'Resumed from the checkpoint of step 2' in outputs[0] + outputs[1]
+  for out in outputs:
+    runs = json.loads(re.search(r'process \d runs: (.*)', out)[1])
+    # One trace of each step for all its steps, evaluations and checkpoints.
+    assert runs['replicated']['traces'] == {'train_step': 1, 'eval_step': 1}, runs
+    assert runs['sharded']['traces'] == {'train_step': 1}, runs  # stopped before evaluating
+    # fc1's kernel is 25088 x 32: sharded, its first axis goes over the 8 devices, and Adam's moment follows.
+    assert runs['replicated']['saved'] == [[str(P()), str(P()), 8]], runs
+    sharded = [str(P('data', None)), str(P('data', None)), 8]
+    assert runs['sharded']['saved'] and all(spec == sharded for spec in runs['sharded']['saved']), runs
   stopped = [re.findall(r'process \d: Stopped by SIGTERM after saving step (\d+)', out) for out in outputs]
   assert stopped[0] == stopped[1] and len(stopped[0]) == 1 and int(stopped[0][0]) >= 4, outputs[0][-3000:]
   assert str(int(stopped[0][0])) in os.listdir(workdir / 'checkpoints')
@@ -94,4 +134,4 @@ def test_two_processes_train_checkpoint_resume_and_match_one(tmp_path):
   assert [s for s, _ in two] == [s for s, _ in one] == list(range(1, saved + 1))
   np.testing.assert_allclose([v for _, v in two], [v for _, v in one], rtol=1e-5)
   final = json.loads((workdir / 'final_metrics.json').read_text())  # written at step 2
-  assert final['devices'].startswith('4 x ') and final['step'] == 2
+  assert final['devices'].startswith('8 x ') and final['step'] == 2
