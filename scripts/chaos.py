@@ -5,10 +5,10 @@
 
 Everything after `--` goes to `python -m experiments.mnist_inception` (any config override).
 It runs the experiment once uninterrupted, then relaunches the same command in a second
-workdir until it finishes, interrupting it `--kills` times with SIGKILL (every other one
-as soon as a checkpoint is being written, the rest at a random moment after the restore)
-and `--sigterms` times with SIGTERM, which must save and exit with status 143. Finally it
-compares every array of the two final checkpoints bit for bit and prints one JSON line:
+workdir until it finishes, interrupting it `--kills` times with SIGKILL (the first and every
+other one as soon as a checkpoint is being written, the rest at a random moment after the
+restore) and `--sigterms` times with SIGTERM, which must save and exit with status 143. It
+then compares every array of the two final checkpoints bit for bit and prints one JSON line:
 kills, kills_during_save, sigterms, launches, corrupt_checkpoints (steps that a relaunch
 found unreadable and set aside), mismatches (arrays that differ), bit_identical.
 """
@@ -91,7 +91,7 @@ def run_chaos(
 
   train_seconds = json.load(open(os.path.join(reference, 'final_metrics.json')))['train_seconds']
 
-  plan = ['kill_during_save' if i % 2 else 'kill' for i in range(kills)] + ['sigterm'] * sigterms
+  plan = ['kill' if i % 2 else 'kill_during_save' for i in range(kills)] + ['sigterm'] * sigterms
   rng.shuffle(plan)
   figures = {'kills': 0, 'kills_during_save': 0, 'sigterms': 0, 'sigterm_failures': [], 'launches': 0}
   started = lambda log: lambda: any(s in open(log).read() for s in ('Starting from scratch', 'Resumed from'))

@@ -1,6 +1,6 @@
-"""A tiny run killed twice (once while a checkpoint is being written, once at a random moment)
-and stopped by SIGTERM once ends bit-identical to an uninterrupted one (`scripts.chaos`
-does more on the default network: README, "Interruptions and failures")."""
+"""A tiny run killed while a checkpoint is being written and stopped by SIGTERM ends
+bit-identical to an uninterrupted one (`scripts.chaos` does more on the default network,
+kills at random moments too: README, "Interruptions and failures")."""
 
 from scripts import chaos
 
@@ -19,8 +19,8 @@ TINY = [
 
 
 def test_kills_and_sigterms_leave_the_final_state_bit_identical(tmp_path):
-  figures = chaos.run_chaos(2, 1, str(tmp_path), TINY, seed=1)
-  assert (figures['kills'], figures['kills_during_save'], figures['sigterms']) == (2, 1, 1), figures
+  figures = chaos.run_chaos(1, 1, str(tmp_path), TINY, seed=1)
+  assert (figures['kills'], figures['kills_during_save'], figures['sigterms']) == (1, 1, 1), figures
   assert figures['sigterm_failures'] == [], figures  # the SIGTERM saved its step and exited with status 143
   assert figures['corrupt_checkpoints'] == 0, figures
   assert figures['bit_identical'] and figures['arrays'] == 88, figures
