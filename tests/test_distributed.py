@@ -50,7 +50,7 @@ def worker(coordinator: str, process_id: int, workdir: str) -> None:
   logging.set_verbosity(logging.INFO)
   parallel.initialize_distributed(coordinator, 2, process_id)
   assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 8, 4)
-  traces, saved = collections.Counter(), []
+  traces, saved, save = collections.Counter(), [], checkpoint.Checkpointer.save
 
   def counted(fn):
     @functools.wraps(fn)
@@ -67,7 +67,7 @@ def worker(coordinator: str, process_id: int, workdir: str) -> None:
 
   # Resumed at step 2, a SIGTERM to process 1 alone during step 4: JAX's preemption service
   # makes both save one step and stop.
-  shard_batch, save, calls = parallel.shard_batch, checkpoint.Checkpointer.save, []
+  shard_batch, calls = parallel.shard_batch, []
 
   def sigterm_during_step_4(batch, mesh, **kwargs):
     calls.append(1)
@@ -84,7 +84,8 @@ def worker(coordinator: str, process_id: int, workdir: str) -> None:
     _, final = train.train_and_evaluate(config_for_test(2), workdir)
     assert final['step'] == 2
     runs['replicated'] = dict(traces=dict(traces), saved=list(saved))
-    traces.clear(), saved.clear()
+    traces.clear()
+    saved.clear()
     try:
       with mock.patch.object(parallel, 'shard_batch', sigterm_during_step_4):
         train.train_and_evaluate(config_for_test(10, shard_params=True, shard_min_size=4096), workdir)
