@@ -218,9 +218,7 @@ def run(
   if compare_torch:  # fail before compiling anything
     _check_same_size(num_params, _torch_param_count(model_name, model))
   state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
-  # Runs once: compiled without LLVM's optimizations, which take most of model.init's compile time on CPU.
-  init = jax.jit(lambda: train.create_train_state(model, tx, image_shape, 0), out_shardings=state_sharding)
-  state = init.lower().compile(compiler_options={'xla_backend_optimization_level': 0})()
+  state = train.initial_state(model, tx, image_shape, 0, state_sharding)  # the training loop's
   rng = np.random.default_rng(0)
   host_batch = {
       'image': rng.random((batch_size, *image_shape), np.float32),

@@ -243,6 +243,18 @@ def tiny_state():
   return jax.jit(lambda: train.create_train_state(model, optax.adam(1e-4), (28, 28, 1), seed=0))()
 
 
+def test_the_initial_state_at_o2_is_xlas_default_bit_for_bit(tiny_state):
+  # tiny_state: create_train_state jitted at XLA's default optimization (-O3 on CPU).
+  import optax
+
+  from conftest import tiny_config
+
+  model = train.create_model(tiny_config(), 10)
+  state = train.initial_state(model, optax.adam(1e-4), (28, 28, 1), seed=0)
+  arrays = lambda s: (s.step, s.params, s.batch_stats, s.opt_state, s.dropout_key)
+  jax.tree.map(np.testing.assert_array_equal, arrays(state), arrays(tiny_state))
+
+
 def random_batch(n: int) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(0)
   return {'image': rng.random((n, 28, 28, 1), np.float32), 'label': rng.integers(0, 10, n).astype(np.int32)}
