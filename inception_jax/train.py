@@ -134,7 +134,7 @@ def initial_state(model, tx, image_shape, seed: int, sharding=None) -> TrainStat
   shardings, or None for the default device).
 
   On CPU it compiles with LLVM at -O2 instead of XLA's default -O3: the threefry initializers
-  are most of a model's compile time, and at -O2 they compile 2.2-2.6x quicker (the tiny test
+  are most of a model's compile time, and at -O2 they compile 1.6-2.4x quicker (the tiny test
   network 4.2 to 1.8 s, the default MNIST network 3.6 to 1.6 s, GoogLeNet 12.7 to 7.9 s) into
   the same values, bit for bit (tests/test_train.py checks it; -O0 is 1 ulp off).
   """
