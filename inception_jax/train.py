@@ -532,7 +532,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
   )
   signals = interrupts.StopSignals()
   signals.__enter__()  # from here on, a signal stops the run at the next step boundary
-  try:  # the checkpointer's background threads must be closed on every way out
+  writer = None
+  try:  # the checkpointer's background threads and the metric files must be closed on every way out
     restored = checkpointer.restore(
         ckpt.abstract_with_shardings(abstract_state, state_sharding), rewind_to=config.resume_from_step
     )
@@ -598,8 +599,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
         signals,
     )
     eval_metrics = run_eval(state, step)
-    writer.flush()
   finally:
+    if writer is not None:
+      writer.close()
     checkpointer.close()
     signals.__exit__()
 

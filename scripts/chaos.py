@@ -18,6 +18,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import pathlib
 import random
 import signal
 import subprocess
@@ -70,6 +71,10 @@ def final_state(workdir: str) -> dict[str, np.ndarray]:
   return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+def _final_metrics(workdir: str) -> dict:
+  return json.loads(pathlib.Path(workdir, 'final_metrics.json').read_text())
+
+
 def run_chaos(
     kills: int,
     sigterms: int,
@@ -89,12 +94,14 @@ def run_chaos(
   if process.wait(timeout) != 0:
     raise RuntimeError(f'The uninterrupted run failed; see {workdir}/reference.log')
 
-  train_seconds = json.load(open(os.path.join(reference, 'final_metrics.json')))['train_seconds']
+  train_seconds = _final_metrics(reference)['train_seconds']
 
   plan = ['kill' if i % 2 else 'kill_during_save' for i in range(kills)] + ['sigterm'] * sigterms
   rng.shuffle(plan)
   figures = {'kills': 0, 'kills_during_save': 0, 'sigterms': 0, 'sigterm_failures': [], 'launches': 0}
-  started = lambda log: lambda: any(s in open(log).read() for s in ('Starting from scratch', 'Resumed from'))
+  started = lambda log: lambda: any(
+      s in pathlib.Path(log).read_text() for s in ('Starting from scratch', 'Resumed from')
+  )
   saving = lambda: bool(glob.glob(os.path.join(chaos, 'checkpoints', '*.orbax-checkpoint-tmp*')))
   for action in plan + ['none']:
     log = os.path.join(workdir, f'chaos-{figures["launches"]}.log')
@@ -114,7 +121,7 @@ def run_chaos(
       process.send_signal(signal.SIGTERM)
       code = process.wait(timeout)
       figures['sigterms'] += 1
-      if code != 143 or 'Stopped by SIGTERM after saving step' not in open(log).read():
+      if code != 143 or 'Stopped by SIGTERM after saving step' not in pathlib.Path(log).read_text():
         figures['sigterm_failures'].append(log)
     else:
       process.send_signal(signal.SIGKILL)
@@ -135,8 +142,7 @@ def run_chaos(
       'mismatches': len(mismatches),
       'mismatched_arrays': mismatches[:5],
       'bit_identical': not mismatches,
-      'final_metrics_equal': json.load(open(os.path.join(reference, 'final_metrics.json')))['test_accuracy']
-      == json.load(open(os.path.join(chaos, 'final_metrics.json')))['test_accuracy'],
+      'final_metrics_equal': _final_metrics(reference)['test_accuracy'] == _final_metrics(chaos)['test_accuracy'],
       'seconds': round(time.monotonic() - start, 1),
   }
 

@@ -128,7 +128,7 @@ def test_two_processes_train_checkpoint_resume_and_match_one(tmp_path):
 
   # Process 0 alone wrote the metrics: each step's loss once, equal to one process's.
   def losses(folder):
-    lines = [json.loads(line) for line in open(folder / 'metrics.jsonl')]
+    lines = [json.loads(line) for line in (folder / 'metrics.jsonl').read_text().splitlines()]
     return [(line['step'], line['train_loss']) for line in lines if 'train_loss' in line]
 
   two, one = losses(workdir), losses(tmp_path / 'one')

@@ -1,9 +1,12 @@
+import gc
 import json
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from unittest import mock
 
 import jax
@@ -24,10 +27,10 @@ def test_short_real_mnist_run_learns(tmp_path, make_config):
   _, final = train.train_and_evaluate(config, workdir)
   assert final['step'] == 60
   assert final['test_accuracy'] > 0.7  # chance is 0.1; it reaches 0.86
-  on_disk = json.load(open(os.path.join(workdir, 'final_metrics.json')))
+  on_disk = json.loads(pathlib.Path(workdir, 'final_metrics.json').read_text())
   assert {'test_accuracy', 'test_loss', 'step', 'train_seconds'} <= set(on_disk)
   assert on_disk['test_accuracy'] == final['test_accuracy']
-  lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  lines = [json.loads(l) for l in pathlib.Path(workdir, 'metrics.jsonl').read_text().splitlines()]
   assert any('train_loss' in l for l in lines) and any('eval_accuracy' in l for l in lines)
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir))
 
@@ -60,11 +63,18 @@ def test_resumed_run_ends_with_the_same_parameters(tmp_path, make_config, finish
 def test_finished_run_evaluates_without_training(tmp_path, make_config, finished_run):
   workdir = tmp_path / 'run'
   shutil.copytree(finished_run[0], workdir)
-  with mock.patch.object(train.logging, 'info', wraps=train.logging.info) as info:
+  with (
+      mock.patch.object(train.logging, 'info', wraps=train.logging.info) as info,
+      warnings.catch_warnings(record=True) as caught,
+  ):
+    warnings.simplefilter('always', ResourceWarning)
     again, final = train.train_and_evaluate(make_config(), str(workdir))
+    gc.collect()
   assert any('already finished' in call.args[0] for call in info.call_args_list)
   assert final['step'] == 6
   jax.tree.map(np.testing.assert_array_equal, params_of(again), finished_run[1])
+  # The run closed what it opened (metrics.jsonl, the TensorBoard events): nothing was left to the collector.
+  assert [str(w.message) for w in caught if w.category is ResourceWarning and str(workdir) in str(w.message)] == []
 
 
 def damage(step_dir, how):
@@ -104,7 +114,7 @@ def test_damaged_latest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one
   assert final['step'] == 6
   jax.tree.map(np.testing.assert_array_equal, params_of(resumed), uninterrupted)  # step 3's, then 3 more steps
   # The steps replayed after the resume are logged once.
-  logged = [json.loads(l)['step'] for l in open(workdir / 'metrics.jsonl') if 'train_loss' in l]
+  logged = [json.loads(l)['step'] for l in (workdir / 'metrics.jsonl').read_text().splitlines() if 'train_loss' in l]
   assert logged == sorted(set(logged)) == [2, 3, 4, 6]
 
 
@@ -367,7 +377,11 @@ def test_several_steps_per_call_train_the_same_and_log_the_same(tmp_path, make_c
   run's calls of up to steps_per_loop (the MNIST config's 10), cut at those steps."""
 
   def logged(workdir):
-    return [(l['step'], l['train_loss']) for l in map(json.loads, open(workdir / 'metrics.jsonl')) if 'train_loss' in l]
+    return [
+        (l['step'], l['train_loss'])
+        for l in map(json.loads, (workdir / 'metrics.jsonl').read_text().splitlines())
+        if 'train_loss' in l
+    ]
 
   state, final = train.train_and_evaluate(make_config(steps_per_loop=1), str(tmp_path))
   assert final['step'] == 6 and sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
