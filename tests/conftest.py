@@ -29,6 +29,7 @@ def tiny_config(**fields):
   """The default config with a narrow network and short, frequent everything."""
   config = mnist_inception.get_config()
   config.model.widths = (4, 8)
+  config.model.reduce_width = 4
   config.model.hidden_units = 32
   config.global_batch_size = 32
   config.eval_batch_size = 250

@@ -6,6 +6,7 @@ from scripts import chaos
 
 TINY = [
     '--config.model.widths=(4,8)',
+    '--config.model.reduce_width=4',
     '--config.model.hidden_units=32',
     '--config.global_batch_size=32',
     '--config.num_train_steps=48',

@@ -123,8 +123,11 @@ def test_two_processes_train_checkpoint_resume_and_match_one(tmp_path):
       checkpoint.abstract_with_shardings(single, jax.tree.map(lambda x: x.sharding, single))
   )
   checkpointer.close()
+  # 8 devices sum in another order than one: after Adam's steps a few of fc1's 802,816 weights
+  # (about 6e-3 in size) differ by up to 3.3e-6. A step that did not average the devices'
+  # gradients, or trained on the wrong shard, moves weights by about the learning rate (2e-3).
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(single)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
   # Process 0 alone wrote the metrics: each step's loss once, equal to one process's.
   def losses(folder):

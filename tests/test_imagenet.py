@@ -17,7 +17,9 @@ def mnist_at(size, **fields):
   smoothing, weight decay, aux-loss weight) on MNIST at size x size x 3, with a narrow
   network, Adam and float32 compute (bfloat16 convolutions are slow on CPU)."""
   config = imagenet_inception.get_config('mnist_inception')
-  config.model.update(widths=(4, 8), hidden_units=32, image_size=size, in_channels=3, drop_rate=0.0, dtype='float32')
+  config.model.update(
+      widths=(4, 8), reduce_width=4, hidden_units=32, image_size=size, in_channels=3, drop_rate=0.0, dtype='float32'
+  )
   config.update(
       dataset='mnist',
       train_split='train',
@@ -84,7 +86,7 @@ def test_eval_split_is_padded_alike_on_every_process():
 def test_imagenet_pipeline_learns_mnist(tmp_path):
   _, final = train.train_and_evaluate(mnist_at(32), str(tmp_path))
   assert final['step'] == 40
-  assert final['test_accuracy'] > 0.5  # chance is 0.1; 79% on the development machine
+  assert final['test_accuracy'] > 0.5  # chance is 0.1; 69.6% on the development machine
   assert final['test_top5_accuracy'] >= final['test_accuracy']
   on_disk = json.load(open(os.path.join(tmp_path, 'final_metrics.json')))
   assert on_disk['test_top5_accuracy'] == final['test_top5_accuracy']

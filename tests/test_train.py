@@ -26,7 +26,7 @@ def test_short_real_mnist_run_learns(tmp_path, make_config):
   workdir = str(tmp_path)
   _, final = train.train_and_evaluate(config, workdir)
   assert final['step'] == 60
-  assert final['test_accuracy'] > 0.7  # chance is 0.1; it reaches 0.86
+  assert final['test_accuracy'] > 0.7  # chance is 0.1; it reaches 0.758
   on_disk = json.loads(pathlib.Path(workdir, 'final_metrics.json').read_text())
   assert {'test_accuracy', 'test_loss', 'step', 'train_seconds'} <= set(on_disk)
   assert on_disk['test_accuracy'] == final['test_accuracy']
@@ -145,6 +145,7 @@ def test_command_line_reports_a_failure_in_one_line_and_exits_non_zero(tmp_path,
   damage(workdir / 'checkpoints' / '3', 'missing_meta')
   tiny = [
       '--config.model.widths=(4,8)',
+      '--config.model.reduce_width=4',
       '--config.model.hidden_units=32',
       '--config.global_batch_size=32',
       '--config.eval_batch_size=250',
