@@ -3,7 +3,6 @@ pipeline at 75x75x3), and a short real run at 32x32x3 that learns (a narrow MNIS
 GoogLeNet takes a minute to compile)."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -88,7 +87,7 @@ def test_imagenet_pipeline_learns_mnist(tmp_path):
   assert final['step'] == 40
   assert final['test_accuracy'] > 0.5  # chance is 0.1; 69.6% on the development machine
   assert final['test_top5_accuracy'] >= final['test_accuracy']
-  on_disk = json.load(open(os.path.join(tmp_path, 'final_metrics.json')))
+  on_disk = json.loads((tmp_path / 'final_metrics.json').read_text())
   assert on_disk['test_top5_accuracy'] == final['test_top5_accuracy']
 
 
