@@ -25,21 +25,37 @@ os.environ['JAX_COMPILATION_CACHE_DIR'] = COMPILATION_CACHE
 os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.5'
 
 
+# The tests' network and runs: narrow, short, frequent everything ({dotted field: value}).
+TINY = {
+    'model.widths': (4, 8),
+    'model.reduce_width': 4,
+    'model.hidden_units': 32,
+    'global_batch_size': 32,
+    'eval_batch_size': 250,
+    'eval_split': 'test[:500]',
+    'num_train_steps': 6,
+    'warmup_steps': 2,
+    'log_every_steps': 2,
+    'checkpoint_every_steps': 3,
+}
+
+
 def tiny_config(**fields):
-  """The default config with a narrow network and short, frequent everything."""
+  """The default config with TINY's values, then `fields` (top-level)."""
   config = mnist_inception.get_config()
-  config.model.widths = (4, 8)
-  config.model.reduce_width = 4
-  config.model.hidden_units = 32
-  config.global_batch_size = 32
-  config.eval_batch_size = 250
-  config.eval_split = 'test[:500]'
-  config.num_train_steps = 6
-  config.warmup_steps = 2
-  config.log_every_steps = 2
-  config.checkpoint_every_steps = 3
+  for name, value in TINY.items():
+    *parents, field = name.split('.')
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[field] = value
   config.update(fields)
   return config
+
+
+def tiny_flags(**fields):
+  """TINY with `fields` ({dotted field: value}) as the experiments' --config.* flags."""
+  return [f'--config.{name}={value}' for name, value in (TINY | fields).items()]
 
 
 @pytest.fixture

@@ -2,21 +2,19 @@
 bit-identical to an uninterrupted one (`scripts.chaos` does more on the default network,
 kills at random moments too: README, "Interruptions and failures")."""
 
+from conftest import tiny_flags
+
 from scripts import chaos
 
-TINY = [
-    '--config.model.widths=(4,8)',
-    '--config.model.reduce_width=4',
-    '--config.model.hidden_units=32',
-    '--config.global_batch_size=32',
-    '--config.num_train_steps=48',
-    '--config.warmup_steps=4',
-    '--config.checkpoint_every_steps=4',
-    '--config.log_every_steps=4',
-    '--config.train_split=train[:1024]',
-    '--config.eval_split=test[:100]',
-    '--config.eval_batch_size=100',
-]
+TINY = tiny_flags(
+    num_train_steps=48,
+    warmup_steps=4,
+    checkpoint_every_steps=4,
+    log_every_steps=4,
+    train_split='train[:1024]',
+    eval_split='test[:100]',
+    eval_batch_size=100,
+)
 
 
 def test_kills_and_sigterms_leave_the_final_state_bit_identical(tmp_path):

@@ -139,24 +139,14 @@ def test_when_no_checkpoint_is_readable_the_error_says_so(tmp_path, make_config,
 
 
 def test_command_line_reports_a_failure_in_one_line_and_exits_non_zero(tmp_path, finished_run):
+  from conftest import tiny_flags
+
   workdir = tmp_path / 'run'
   shutil.copytree(finished_run[0], workdir)
   damage(workdir / 'checkpoints' / '6', 'truncated')
   damage(workdir / 'checkpoints' / '3', 'missing_meta')
-  tiny = [
-      '--config.model.widths=(4,8)',
-      '--config.model.reduce_width=4',
-      '--config.model.hidden_units=32',
-      '--config.global_batch_size=32',
-      '--config.eval_batch_size=250',
-      '--config.eval_split=test[:500]',
-      '--config.num_train_steps=6',
-      '--config.warmup_steps=2',
-      '--config.log_every_steps=2',
-      '--config.checkpoint_every_steps=3',
-  ]
   run = subprocess.run(
-      [sys.executable, '-m', 'experiments.mnist_inception', f'--workdir={workdir}', *tiny],
+      [sys.executable, '-m', 'experiments.mnist_inception', f'--workdir={workdir}', *tiny_flags()],
       capture_output=True,
       text=True,
   )
