@@ -1,3 +1,4 @@
+import functools
 import os
 import pathlib
 import shutil
@@ -45,10 +46,7 @@ def tiny_config(**fields):
   config = mnist_inception.get_config()
   for name, value in TINY.items():
     *parents, field = name.split('.')
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[field] = value
+    setattr(functools.reduce(getattr, parents, config), field, value)
   config.update(fields)
   return config
 
