@@ -1,4 +1,5 @@
 import functools
+import json
 import os
 import pathlib
 import shutil
@@ -54,6 +55,11 @@ def tiny_config(**fields):
 def tiny_flags(**fields):
   """TINY with `fields` ({dotted field: value}) as the experiments' --config.* flags."""
   return [f'--config.{name}={value}' for name, value in (TINY | fields).items()]
+
+
+def metrics_lines(workdir) -> list[dict]:
+  """Every line of a run's metrics.jsonl, parsed (strictly: unlike scripts.plot_metrics, a cut line fails)."""
+  return [json.loads(line) for line in pathlib.Path(workdir, 'metrics.jsonl').read_text().splitlines()]
 
 
 @pytest.fixture

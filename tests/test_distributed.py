@@ -16,6 +16,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 import processes
+from conftest import metrics_lines
 
 from inception_jax import checkpoint, train
 
@@ -131,8 +132,7 @@ def test_two_processes_train_checkpoint_resume_and_match_one(tmp_path):
 
   # Process 0 alone wrote the metrics: each step's loss once, equal to one process's.
   def losses(folder):
-    lines = [json.loads(line) for line in (folder / 'metrics.jsonl').read_text().splitlines()]
-    return [(line['step'], line['train_loss']) for line in lines if 'train_loss' in line]
+    return [(line['step'], line['train_loss']) for line in metrics_lines(folder) if 'train_loss' in line]
 
   two, one = losses(workdir), losses(tmp_path / 'one')
   assert [s for s, _ in two] == [s for s, _ in one] == list(range(1, saved + 1))

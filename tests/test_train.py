@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import metrics_lines
 from inception_jax import checkpoint, train
 
 
@@ -30,7 +31,7 @@ def test_short_real_mnist_run_learns(tmp_path, make_config):
   on_disk = json.loads(pathlib.Path(workdir, 'final_metrics.json').read_text())
   assert {'test_accuracy', 'test_loss', 'step', 'train_seconds'} <= set(on_disk)
   assert on_disk['test_accuracy'] == final['test_accuracy']
-  lines = [json.loads(l) for l in pathlib.Path(workdir, 'metrics.jsonl').read_text().splitlines()]
+  lines = metrics_lines(workdir)
   assert any('train_loss' in l for l in lines) and any('eval_accuracy' in l for l in lines)
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir))
 
@@ -114,7 +115,7 @@ def test_damaged_latest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one
   assert final['step'] == 6
   jax.tree.map(np.testing.assert_array_equal, params_of(resumed), uninterrupted)  # step 3's, then 3 more steps
   # The steps replayed after the resume are logged once.
-  logged = [json.loads(l)['step'] for l in (workdir / 'metrics.jsonl').read_text().splitlines() if 'train_loss' in l]
+  logged = [l['step'] for l in metrics_lines(workdir) if 'train_loss' in l]
   assert logged == sorted(set(logged)) == [2, 3, 4, 6]
 
 
@@ -368,11 +369,7 @@ def test_several_steps_per_call_train_the_same_and_log_the_same(tmp_path, make_c
   run's calls of up to steps_per_loop (the MNIST config's 10), cut at those steps."""
 
   def logged(workdir):
-    return [
-        (l['step'], l['train_loss'])
-        for l in map(json.loads, (workdir / 'metrics.jsonl').read_text().splitlines())
-        if 'train_loss' in l
-    ]
+    return [(l['step'], l['train_loss']) for l in metrics_lines(workdir) if 'train_loss' in l]
 
   state, final = train.train_and_evaluate(make_config(steps_per_loop=1), str(tmp_path))
   assert final['step'] == 6 and sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
