@@ -1,6 +1,8 @@
 """The configs: one schema (default.py) that every experiment derives from, the overrides the
-README shows, through the real flag parser, and values derived from the batch size."""
+README shows, through the real flag parser, values derived from the batch size, and the
+command line's one-line errors for a config file that fails."""
 
+import subprocess
 import sys
 from unittest import mock
 
@@ -8,6 +10,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+from conftest import ROOT
 from experiments.configs import default, imagenet_inception, mnist_inception
 from inception_jax import train
 
@@ -90,3 +93,76 @@ def test_steps_warmup_and_learning_rate_follow_the_batch_size():
   synthetic.num_train_steps = -1
   with pytest.raises(ValueError, match="num_train_steps must be given in steps: dataset 'synthetic' has no epochs"):
     train.resolve_config(synthetic, None)
+
+
+def command(*argv, experiment='mnist_inception'):
+  """Runs `python -m experiments.EXPERIMENT ARGV` as a user does: its exit status, stdout and stderr's lines."""
+  run = subprocess.run(
+      [sys.executable, '-m', f'experiments.{experiment}', *argv], cwd=ROOT, capture_output=True, text=True
+  )
+  return run.returncode, run.stdout, run.stderr.splitlines()
+
+
+def test_variants_load_from_the_command_line():
+  status, out, err = command(f'--config={MNIST}:paper', '--print_config')
+  assert (status, err) == (0, []) and 'num_train_steps: 20000' in out
+  status, out, err = command('--print_config', experiment='imagenet_inception')  # its default: :googlenet
+  assert (status, err) == (0, []) and 'name: googlenet' in out
+
+
+def test_an_unknown_variant_is_one_line_naming_the_known_ones():
+  line = next(i for i, text in enumerate((ROOT / MNIST).read_text().splitlines(), 1) if 'Unknown variant' in text)
+  assert command(f'--config={MNIST}:bogus')[::2] == (
+      2,
+      [
+          f'error: config file {MNIST}, line {line}: '
+          "Unknown variant 'bogus' of mnist_inception's config; known: 'paper'. (--verbosity=1 shows the traceback)"
+      ],
+  )
+
+
+# A config file's text, the --config variant, and the line it fails at with its one-line message.
+BROKEN_CONFIGS = {
+    'name_error': (
+        'def get_config():\n  return undefined_name\n',
+        '',
+        2,
+        "NameError: name 'undefined_name' is not defined",
+    ),
+    'syntax_error': ('def get_config(:\n  pass\n', '', 1, 'SyntaxError: invalid syntax'),
+    'import_error': ('import not_a_module\n', '', 1, "ModuleNotFoundError: No module named 'not_a_module'"),
+    'key_error': ('def get_config():\n  return {}["model"]\n', '', 2, "KeyError: 'model'"),  # not an override's
+    # ml_collections keeps an OSError until the config is used.
+    'os_error': (
+        'def get_config():\n  open("/no/such/file.json")\n',
+        '',
+        2,
+        "[Errno 2] No such file or directory: '/no/such/file.json'",
+    ),
+    'no_variants': (
+        'import ml_collections\ndef get_config():\n  return ml_collections.ConfigDict()\n',
+        ':paper',
+        None,
+        'TypeError: get_config() takes 0 positional arguments but 1 was given',
+    ),
+}
+
+
+@pytest.mark.parametrize('text, variant, line, message', BROKEN_CONFIGS.values(), ids=BROKEN_CONFIGS)
+def test_a_broken_config_file_is_one_line_naming_its_file_and_line(tmp_path, text, variant, line, message):
+  path = tmp_path / 'broken.py'
+  path.write_text(text)
+  where = f'{path}, line {line}' if line else path
+  assert command(f'--config={path}{variant}', f'--workdir={tmp_path}')[::2] == (
+      2,
+      [f'error: config file {where}: {message} (--verbosity=1 shows the traceback)'],
+  )
+
+
+def test_verbosity_1_shows_a_config_files_traceback(tmp_path):
+  path = tmp_path / 'broken.py'
+  path.write_text(BROKEN_CONFIGS['name_error'][0])
+  for config in (path, f'{MNIST}:bogus'):
+    status, _, err = command(f'--config={config}', f'--workdir={tmp_path}', '--verbosity=1')
+    assert status != 0 and 'Traceback (most recent call last):' in err, err
+    assert any(line.startswith(f'  File "{str(config).split(":")[0]}", line ') for line in err), err
