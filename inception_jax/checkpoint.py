@@ -5,17 +5,26 @@ What a run can count on:
   protocol), so an interrupted save never replaces a good checkpoint; temporary folders
   left by a killed run are removed when the next one starts.
 - Every save records a checksum of each array (`fingerprint`, computed on the devices
-  that hold the arrays) and refuses a state with NaN or infinity; every restore recomputes
-  the checksums, so a damaged file is never loaded as weights.
-- A checkpoint that cannot be read or fails its checksums is moved aside, never
-  deleted, into `<directory>_set_aside/`, with a one-line warning, and the run resumes
-  from the newest good one.
+  that hold the arrays) and refuses a state with NaN or infinity; its small JSON record
+  (`meta`) carries a checksum of its own. Every restore checks both, so neither a damaged
+  array nor damaged metadata is ever loaded or trusted.
+- Only evidence of damage sets a checkpoint aside: a failed checksum, a truncated or
+  unparsable file, a missing item. Such a step is moved, never deleted, into
+  `<directory>_set_aside/` with a one-line warning, and the run resumes from the newest
+  good one. An error of the environment (permissions, memory, an unreachable filesystem,
+  anything that is not evidence of damage) moves nothing: `CheckpointReadError`.
+- With several processes, every one reads each step and they agree before anything is
+  moved: the run restores the newest step that all of them can read.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -34,8 +43,55 @@ class CheckpointMismatchError(CheckpointError):
   """A readable checkpoint of another model or optimizer: an error, never set aside."""
 
 
+class CheckpointReadError(CheckpointError):
+  """A checkpoint could not be read for a reason that is not evidence of damage: nothing was moved."""
+
+
 class NonFiniteStateError(FloatingPointError):
   """A state with NaN or infinity was about to be saved."""
+
+
+class _Damaged(Exception):
+  """Evidence that a step's files were damaged after it was written (internal: restore() sets it aside)."""
+
+
+# Status codes TensorStore puts in its messages, and what they say about a read that failed.
+_ENVIRONMENT = re.compile(
+    r'\b(PERMISSION_DENIED|RESOURCE_EXHAUSTED|UNAVAILABLE|DEADLINE_EXCEEDED|UNAUTHENTICATED|CANCELLED|ABORTED)\b'
+    r'|out of memory',
+    re.IGNORECASE,
+)
+# A truncated or missing file, an item Orbax cannot find; 'pytree structure error' comes from a missing
+# or wrong _METADATA once the recorded shapes have matched the expected ones.
+_DAMAGE = re.compile(
+    r'\b(DATA_LOSS|OUT_OF_RANGE|FAILED_PRECONDITION|NOT_FOUND)\b|was not found in the checkpoint|pytree structure error'
+)
+
+
+def _is_damage(error: BaseException) -> bool:
+  """True only on evidence that files are damaged; an error of the environment, or one not understood, is not."""
+  chain, seen = [], error
+  while seen is not None and len(chain) < 16:
+    chain.append(seen)
+    seen = seen.__cause__ or seen.__context__
+  missing = (FileNotFoundError, NotADirectoryError)
+  if any(
+      isinstance(e, MemoryError)
+      or (isinstance(e, OSError) and not isinstance(e, missing))
+      or _ENVIRONMENT.search(str(e))
+      for e in chain
+  ):
+    return False
+  unparsable = (json.JSONDecodeError, UnicodeDecodeError, EOFError)
+  return any(isinstance(e, unparsable + missing) or _DAMAGE.search(str(e)) for e in chain)
+
+
+def _first_line(error: BaseException) -> str:
+  return f'{type(error).__name__}: {(str(error).strip().splitlines() or [""])[0][:300]}'
+
+
+def _digest(record: dict) -> str:
+  return hashlib.sha256(json.dumps(record, sort_keys=True, separators=(',', ':')).encode()).hexdigest()
 
 
 class Checkpointer:
@@ -67,11 +123,13 @@ class Checkpointer:
     return step % self._save_every_steps == 0
 
   def save(self, step: int, state: Any, meta: dict) -> None:
-    """Writes `state` with its checksums: in the background if async_save (wait() waits for it)."""
+    """Writes `state` with its checksums: in the background if async_save (wait() waits for it).
+    `meta` must be JSON (it comes back from restore() as written, tuples as lists)."""
     checksums, finite = fingerprint(state)
     if not finite:
       raise NonFiniteStateError(f'the state of step {step} holds NaN or infinity; it was not saved')
     meta = {**meta, 'checksums': checksums, 'shapes': _shapes(state)}
+    meta['meta_checksum'] = _digest(meta)
     self._manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True
     )
@@ -79,9 +137,10 @@ class Checkpointer:
   def restore(self, abstract_state: Any, *, rewind_to: int = -1) -> tuple[Any, dict] | None:
     """(state, meta) of the newest good checkpoint, or None when there is none at all.
 
-    `abstract_state` gives the shapes, dtypes and shardings to restore into. Unreadable
+    `abstract_state` gives the shapes, dtypes and shardings to restore into. Damaged
     checkpoints are set aside, newest first, until one restores and passes its checksums;
-    if every one fails, CheckpointError. `rewind_to >= 0` resumes from that step: the
+    if every one is damaged, CheckpointError. A read that fails for any other reason raises
+    CheckpointReadError and moves nothing. `rewind_to >= 0` resumes from that step: the
     checkpoints after it are set aside, unless the newest one already continues from it
     (a rewound run that was interrupted again resumes where it stopped).
     """
@@ -92,7 +151,11 @@ class Checkpointer:
             f'resume_from_step={rewind_to}, but {self.directory} holds no checkpoint of that step; '
             f'it holds steps {steps}.'
         )
-      if self._read_meta(steps[-1]).get('resumed_from') != rewind_to:
+      try:
+        continues = self._everywhere(lambda: self._meta(steps[-1])).get('resumed_from') == rewind_to
+      except _Damaged:
+        continues = False  # set aside below with the other steps after rewind_to
+      if not continues:
         for step in steps:
           if step > rewind_to:
             self.set_aside(step, f'after_{rewind_to}', f'resume_from_step={rewind_to}')
@@ -101,11 +164,9 @@ class Checkpointer:
     for step in reversed(steps):
       try:
         return self._restore(step, abstract_state)
-      except CheckpointMismatchError:
-        raise
-      except CheckpointError as e:
+      except _Damaged as e:
         logging.warning('%s', e)
-        self.set_aside(step, 'unreadable', 'it is unreadable')
+        self.set_aside(step, 'unreadable', 'it is damaged')
         failed.append(step)
     if failed:
       raise CheckpointError(
@@ -115,48 +176,81 @@ class Checkpointer:
     return None
 
   def _restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
-    meta = self._read(step, meta=ocp.args.JsonRestore()).meta  # small: read first, and once
-    saved = meta.get('shapes')
-    if saved is not None:  # readable and recorded: a different structure is a config change, not damage
-      expected = _shapes(abstract_state)
+    def read():
+      meta = self._meta(step)  # small: read first, and once
+      saved, expected = meta['shapes'], _shapes(abstract_state)
       differ = sorted(k for k in saved.keys() | expected.keys() if saved.get(k) != expected.get(k))
-      if differ:
+      if differ:  # sealed metadata of another structure: a config change, not damage
         k = differ[0]
         raise CheckpointMismatchError(
             f'The checkpoint of step {step} in {self.directory} was written for a different model or optimizer: '
-            f'{len(differ)} array(s) differ ({k}: saved {saved.get(k)}, this config {expected.get(k)}). Run with the '
-            'config it was written with, or use a new --workdir.'
+            f'{len(differ)} array(s) differ ({k}: saved {saved.get(k)}, this config {expected.get(k)}). Run with '
+            'the config it was written with, or use a new --workdir.'
         )
-    state = self._read(step, state=ocp.args.StandardRestore(abstract_state)).state
-    meta = dict(meta)
-    expected = meta.get('checksums')
-    if expected is None:
-      logging.warning('The checkpoint of step %d has no checksums (written by an older version); not verified.', step)
-    else:
-      actual, _ = fingerprint(state)
-      bad = sorted(k for k in set(expected) | set(actual) if expected.get(k) != actual.get(k))
-      if bad:
-        raise CheckpointError(
-            f'The checkpoint of step {step} in {self.directory} fails its checksums in {len(bad)} array(s) '
-            f'({", ".join(bad[:3])}{", ..." if len(bad) > 3 else ""}): its files were damaged after it was written.'
-        )
+      return self._read(step, state=ocp.args.StandardRestore(abstract_state)).state, meta
+
+    state, meta = self._everywhere(read)
+    actual, _ = fingerprint(state)  # on every process's devices at once: all processes reach the same verdict
+    expected = meta['checksums']
+    bad = sorted(k for k in set(expected) | set(actual) if expected.get(k) != actual.get(k))
+    if bad:
+      raise _Damaged(
+          f'The checkpoint of step {step} in {self.directory} fails its checksums in {len(bad)} array(s) '
+          f'({", ".join(bad[:3])}{", ..." if len(bad) > 3 else ""}): its files were damaged after it was written.'
+      )
     return state, meta
 
+  def _meta(self, step: int) -> dict:
+    """The step's JSON record, checked against its own checksum (_Damaged if it fails)."""
+    meta = self._read(step, meta=ocp.args.JsonRestore()).meta
+    sealed = isinstance(meta, dict) and meta.get('meta_checksum')
+    record = {k: v for k, v in meta.items() if k != 'meta_checksum'} if sealed else None
+    if (
+        not sealed
+        or _digest(record) != sealed
+        or not all(isinstance(record.get(k), dict) for k in ('checksums', 'shapes'))
+    ):
+      raise _Damaged(
+          f'The checkpoint of step {step} in {self.directory} has damaged metadata (its meta record '
+          f'{"fails its checksum" if sealed else "is missing its checksum"}): it cannot be verified.'
+      )
+    return record
+
   def _read(self, step: int, **items) -> Any:
-    """Restores `items` of `step`; whatever Orbax or TensorStore raise for a damaged folder is a CheckpointError."""
+    """Restores `items` of `step`: _Damaged on evidence of damage, CheckpointReadError otherwise."""
     try:
       return self._manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except
-      first_line = (str(e).strip().splitlines() or [''])[0][:300]
-      raise CheckpointError(
-          f'The checkpoint of step {step} in {self.directory} cannot be read ({type(e).__name__}: {first_line}).'
+      if _is_damage(e):
+        raise _Damaged(f'The checkpoint of step {step} in {self.directory} is damaged ({_first_line(e)}).') from e
+      raise CheckpointReadError(
+          f'The checkpoint of step {step} in {self.directory} could not be read ({_first_line(e)}); that is no '
+          'evidence of damage, so nothing was moved: fix the cause (permissions, memory, the filesystem) and run '
+          'the same command again.'
       ) from e
 
-  def _read_meta(self, step: int) -> dict:
+  def _everywhere(self, read: Callable[[], Any]) -> Any:
+    """`read()` on every process, then an agreement: its result where every process succeeded; else the
+    same error on all of them (an error of the environment anywhere first: then nothing may be moved)."""
     try:
-      return dict(self._read(step, meta=ocp.args.JsonRestore()).meta)
-    except CheckpointError:  # unreadable: restore() sets it aside
-      return {}
+      result, error, outcome = read(), None, 0
+    except _Damaged as e:
+      result, error, outcome = None, e, 1
+    except CheckpointError as e:
+      result, error, outcome = None, e, 2
+    outcomes = [outcome]
+    if jax.process_count() > 1:
+      outcomes = multihost_utils.process_allgather(np.int32(outcome)).tolist()
+    if max(outcomes) == outcome and error is not None:
+      raise error
+    if max(outcomes) == 2:
+      raise CheckpointReadError(
+          f'Process {outcomes.index(2)} could not read a checkpoint in {self.directory} (its log says why); '
+          'nothing was moved: fix the cause and run the same command again.'
+      )
+    if max(outcomes) == 1:
+      raise _Damaged(f'Process {outcomes.index(1)} found a checkpoint in {self.directory} damaged (its log says how).')
+    return result
 
   def set_aside(self, step: int, suffix: str, why: str) -> None:
     """Moves a step folder out of the manager's sight (process 0 moves it; all wait for that)."""

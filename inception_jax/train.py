@@ -228,14 +228,22 @@ class JsonlWriter(metric_writers.interface.MetricWriter):
   """Scalars as one JSON object per line, for scripts and plots."""
 
   def __init__(self, path: str, start_step: int = 0):
-    """Appends to `path`, first dropping the lines of steps after `start_step`: a resumed run
-    logs those steps again."""
+    """Appends to `path`. A resumed run logs the steps after `start_step` again, so their
+    lines (and a line cut short by a kill) first move to a side file beside it,
+    `metrics.after_<start_step>.<time>.jsonl`: nothing logged is ever deleted."""
     if os.path.exists(path):
       with open(path) as f:
-        lines = [line for line in f if _logged_step(line) <= start_step]
-      with open(path + '.tmp', 'w') as f:
-        f.writelines(lines)
-      os.replace(path + '.tmp', path)
+        lines = f.readlines()
+      later = [line for line in lines if _logged_step(line) > start_step]
+      if later:
+        stem = os.path.splitext(path)[0]
+        with open(f'{stem}.after_{start_step}.{time.strftime("%Y%m%d-%H%M%S")}.jsonl', 'a') as f:
+          f.writelines(line if line.endswith('\n') else line + '\n' for line in later)
+          f.flush()
+          os.fsync(f.fileno())
+        with open(path + '.tmp', 'w') as f:
+          f.writelines(line for line in lines if _logged_step(line) <= start_step)
+        os.replace(path + '.tmp', path)
     self._file = open(path, 'a')
 
   def write_scalars(self, step, scalars):
@@ -292,13 +300,21 @@ def create_writer(workdir: str, start_step: int = 0) -> metric_writers.MetricWri
   )
 
 
-def evaluate(eval_fn, state, inputs, mesh, batches_per_call: int = 1) -> dict[str, float]:
+def evaluate(eval_fn, state, inputs, mesh, batches_per_call: int = 1, stop=lambda: False) -> dict[str, float] | None:
   """Accuracy, top-5 accuracy and loss over the whole evaluation split. `eval_fn` takes up to
-  `batches_per_call` batches stacked on a leading axis and returns the sums of each."""
+  `batches_per_call` batches stacked on a leading axis and returns the sums of each.
+
+  Returns None if `stop()` turns true: it is asked after every call (one call is in flight
+  while the host prepares the next), so a stop waits for at most one more call.
+  """
   batches, sums = inputs.eval_batches(), []
   while group := list(itertools.islice(batches, batches_per_call)):
     stacked = jax.tree.map(lambda *xs: np.stack(xs), *group)
     sums.append(eval_fn(state, parallel.shard_batch(stacked, mesh, stacked=True)))
+    if len(sums) > 1:
+      jax.block_until_ready(sums[-2])
+    if stop():
+      return None
   totals = jax.tree.map(lambda *xs: float(np.sum(np.concatenate(xs))), *jax.device_get(sums))
   count = totals['count']
   return {
@@ -334,6 +350,67 @@ def resolve_config(config: ml_collections.ConfigDict, num_train_examples: int | 
   return config
 
 
+# Fields that say how a run is operated, not what it computes: a resume may change them freely.
+OPERATIONAL_FIELDS = frozenset(
+    {
+        'data_dir',
+        'manual_dir',
+        'eval_split',
+        'eval_batch_size',
+        'eval_crop_fraction',
+        'eval_every_steps',
+        'eval_every_epochs',
+        'log_every_steps',
+        'checkpoint_every_steps',
+        'keep_checkpoints',
+        'async_checkpoints',
+        'resume_from_step',
+        'allow_config_change',
+        'steps_per_loop',
+        'num_devices',
+        'shard_params',
+        'shard_min_size',
+    }
+)
+
+
+class ConfigChangedError(ValueError):
+  """A resume under a config that would continue a different run."""
+
+
+def run_record(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """{dotted field: value} of every field of a resolved config that fixes what the run computes
+  (its data stream, model and optimization), as JSON values: every checkpoint records it."""
+
+  def flat(tree, prefix=''):
+    for name, value in tree.items():
+      if isinstance(value, dict):
+        yield from flat(value, f'{prefix}{name}.')
+      elif f'{prefix}{name}' not in OPERATIONAL_FIELDS:
+        yield f'{prefix}{name}', value
+
+  return json.loads(json.dumps(dict(flat(config.to_dict())), default=str))
+
+
+def check_resume(saved: dict[str, Any], current: dict[str, Any], step: int, allow_change: bool) -> None:
+  """Refuses (ConfigChangedError) to resume the checkpoint of `step`, recorded as `saved`, under a
+  config whose run_record differs, unless `allow_change`: then it warns."""
+  unset = '(unset)'
+  differ = sorted(k for k in saved.keys() | current.keys() if saved.get(k, unset) != current.get(k, unset))
+  if not differ:
+    return
+  what = ', '.join(f'{k} (checkpoint {saved.get(k, unset)!r}, now {current.get(k, unset)!r})' for k in differ[:4])
+  what += f' and {len(differ) - 4} more' if len(differ) > 4 else ''
+  if allow_change:
+    logging.warning('Resuming step %d under a changed config, as allow_config_change says: %s.', step, what)
+    return
+  raise ConfigChangedError(
+      f'The checkpoint of step {step} was written under another config: {what}. Resuming would continue a '
+      'different run: run with the values it was written with, use a new --workdir, or pass '
+      '--config.allow_config_change=True to take the change knowingly.'
+  )
+
+
 def _check_config(config) -> None:
   if config.num_train_steps <= 0:
     raise ValueError(f'num_train_steps must be positive, got {config.num_train_steps}.')
@@ -342,27 +419,16 @@ def _check_config(config) -> None:
       raise ValueError(f'{field} must be positive, got {config[field]}.')
 
 
-def _train(
-    config,
-    state,
-    step,
-    train_seconds,
-    resumed_from,
-    p_train_steps,
-    run_eval,
-    inputs,
-    mesh,
-    schedule,
-    checkpointer,
-    writer,
-    signals,
-):
+def _train(config, state, step, train_seconds, record, steps, run_eval, inputs, mesh, checkpointer, writer, signals):
   """The training loop from `step`: logs, evaluates and checkpoints; stops on a signal after saving.
 
-  Returns (state, step, train_seconds) at config.num_train_steps. Raises StopRequested after
-  a SIGTERM or SIGINT (the step reached is saved), FloatingPointError on a non-finite loss
-  (naming the newest checkpoint whose weights still gave a finite loss).
+  `record` goes into every checkpoint's meta; `steps` is (p_train_steps, schedule). Returns
+  (state, step, train_seconds) at config.num_train_steps. Raises StopRequested after a SIGTERM
+  or SIGINT (the step reached is saved; an evaluation it cut short is marked pending, and runs
+  first on resume), FloatingPointError on a non-finite loss (naming the newest checkpoint
+  whose weights still gave a finite loss).
   """
+  p_train_steps, schedule = steps
   pending: list[dict[str, jax.Array]] = []  # metrics of steps not yet logged, still on device
   window_start, window_step = time.perf_counter(), step
 
@@ -410,26 +476,31 @@ def _train(
     start = time.perf_counter()
     k = _steps_in_call(config, step)
     stacked = jax.tree.map(lambda *xs: np.stack(xs), *[next(batches) for _ in range(k)])
-    state, metrics = p_train_steps(state, parallel.shard_batch(stacked, mesh, stacked=True))
+    batch = parallel.shard_batch(stacked, mesh, stacked=True)
+    if step == first_step:
+      # Compiled apart from running: a signal during the first compile stops the run before any step.
+      p_train_steps.lower(state, batch).compile()
+      signals.training()
+    state, metrics = p_train_steps(state, batch)
     pending.append(metrics)
     step += k
     if step == first_step + k:
       hostmem.release_freed_memory()  # what initialization and compilation used
     last = step == config.num_train_steps
-    # One process: a signal arrived. Several: all of them agreed to save at a step of this call.
-    stop = not last and (
-        any(checkpointer.reached_preemption(s) for s in range(step - k + 1, step + 1))
-        if jax.process_count() > 1
-        else signals.received is not None
-    )
+    stop = not last and _stop_requested(signals, checkpointer, range(step - k + 1, step + 1))
     save = last or stop or checkpointer.should_save(step)
     if save or step % config.log_every_steps == 0:
       flush_metrics(step)  # also guards the checkpoint against non-finite losses
       checkpointer.check_for_errors()  # a background save that failed says so now
     train_seconds += time.perf_counter() - start
+    evaluate = config.eval_every_steps > 0 and step % config.eval_every_steps == 0 and not last
+    eval_pending = evaluate and stop
+    if evaluate and not stop and run_eval(state, step) is None:  # a signal during the evaluation
+      eval_pending = stop = save = True
+      flush_metrics(step)
     if save:
       hostmem.release_freed_memory()  # the steps' temporaries make room for the checkpoint's host copy
-      meta = {'train_seconds': train_seconds, 'data_position': step, 'resumed_from': resumed_from}
+      meta = record | {'train_seconds': train_seconds, 'eval_pending': eval_pending}
       try:
         checkpointer.save(step, state, meta)
       except ckpt.NonFiniteStateError as e:
@@ -437,17 +508,28 @@ def _train(
       if not config.async_checkpoints:
         hostmem.release_freed_memory()  # the written host copy
     if stop:
-      checkpointer.wait()
-      signum = signals.received or signal.SIGTERM
-      raise interrupts.StopRequested(
-          f'Stopped by {signal.Signals(signum).name} after saving step {step} in {checkpointer.directory}; '
-          'run the same command to resume from it.',
-          signum,
-      )
-    if config.eval_every_steps > 0 and step % config.eval_every_steps == 0 and not last:
-      run_eval(state, step)
+      raise _stopped(signals, checkpointer, step)
   checkpointer.wait()
   return state, step, train_seconds
+
+
+def _stop_requested(signals, checkpointer, steps) -> bool:
+  """Whether every process stops after this call: one process, its own signal; several, JAX's
+  preemption service's agreement on a step of this call (or, with the service off, the flags
+  of all processes)."""
+  if interrupts.preemption_service():
+    return any(checkpointer.reached_preemption(s) for s in steps)
+  return interrupts.any_process(signals.received is not None)
+
+
+def _stopped(signals, checkpointer, step: int) -> interrupts.StopRequested:
+  checkpointer.wait()
+  signum = signals.received or signal.SIGTERM
+  return interrupts.StopRequested(
+      f'Stopped by {signal.Signals(signum).name} after saving step {step} in {checkpointer.directory}; '
+      'run the same command to resume from it.',
+      signum,
+  )
 
 
 def _steps_in_call(config, step: int) -> int:
@@ -473,7 +555,7 @@ def _diverged(what: str, first_bad_state: int, checkpointer) -> None:
   healthy = checkpointer.latest_step()
   advice = (
       f'the newest checkpoint whose weights still gave a finite loss is step {healthy}: lower the learning_rate '
-      '(or add warmup_steps) and run the same command to resume from it.'
+      '(or add warmup_steps) and add --config.allow_config_change=True to resume from it.'
       if healthy is not None
       else 'no checkpoint of this run precedes it: lower the learning_rate (or add warmup_steps) and run again to '
       'start over.'
@@ -489,65 +571,67 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
   data, all write the checkpoints together, and process 0 alone writes the metrics files.
   config.global_batch_size is the batch of one step over all devices of all processes.
   """
-  os.makedirs(workdir, exist_ok=True)
-  mesh = parallel.make_mesh(config.num_devices)
-  parallel.check_batch_divisible(config.global_batch_size, mesh)
-  parallel.check_batch_divisible(config.eval_batch_size, mesh, 'eval_batch_size')
+  # From here on a signal stops the run: at once until training starts, then after saving.
+  signals = interrupts.StopSignals().__enter__()
+  checkpointer = writer = None
+  try:  # the handlers, the checkpointer's threads and the metric files are released on every way out
+    os.makedirs(workdir, exist_ok=True)
+    mesh = parallel.make_mesh(config.num_devices)
+    parallel.check_batch_divisible(config.global_batch_size, mesh)
+    parallel.check_batch_divisible(config.eval_batch_size, mesh, 'eval_batch_size')
 
-  inputs = data_lib.create_input(config, jax.process_index(), jax.process_count())
-  config = resolve_config(config, inputs.num_train_examples)
-  _check_config(config)
-  model = create_model(config, inputs.num_classes)
-  tx = create_optimizer(config)
-  schedule = learning_rate_schedule(config)  # for logging
-  init = lambda: create_train_state(model, tx, inputs.image_shape, config.seed)
-  abstract_state = jax.eval_shape(init)
-  state_sharding = parallel.state_shardings(
-      abstract_state,
-      mesh,
-      shard_params=config.shard_params,
-      min_size=config.shard_min_size,
-  )
+    inputs = data_lib.create_input(config, jax.process_index(), jax.process_count())
+    config = resolve_config(config, inputs.num_train_examples)
+    _check_config(config)
+    model = create_model(config, inputs.num_classes)
+    tx = create_optimizer(config)
+    schedule = learning_rate_schedule(config)  # for logging
+    init = lambda: create_train_state(model, tx, inputs.image_shape, config.seed)
+    abstract_state = jax.eval_shape(init)
+    state_sharding = parallel.state_shardings(
+        abstract_state,
+        mesh,
+        shard_params=config.shard_params,
+        min_size=config.shard_min_size,
+    )
 
-  # The one place where steps are compiled. The state is donated: its buffers are reused. A call
-  # runs up to config.steps_per_loop steps over stacked batches (evaluation: that many batches),
-  # so that one set of step buffers serves them all (one compilation per number of steps).
-  p_train_steps = jax.jit(
-      functools.partial(train_steps, aux_loss_weight=config.aux_loss_weight, label_smoothing=config.label_smoothing),
-      in_shardings=(state_sharding, parallel.batch_sharding(mesh, stacked=True)),
-      out_shardings=(state_sharding, parallel.replicated(mesh)),
-      donate_argnums=0,
-  )
-  p_eval_steps = jax.jit(
-      eval_steps,
-      in_shardings=(state_sharding, parallel.batch_sharding(mesh, stacked=True)),
-      out_shardings=parallel.replicated(mesh),
-  )
+    # The one place where steps are compiled. The state is donated: its buffers are reused. A call
+    # runs up to config.steps_per_loop steps over stacked batches (evaluation: that many batches),
+    # so that one set of step buffers serves them all (one compilation per number of steps).
+    p_train_steps = jax.jit(
+        functools.partial(train_steps, aux_loss_weight=config.aux_loss_weight, label_smoothing=config.label_smoothing),
+        in_shardings=(state_sharding, parallel.batch_sharding(mesh, stacked=True)),
+        out_shardings=(state_sharding, parallel.replicated(mesh)),
+        donate_argnums=0,
+    )
+    p_eval_steps = jax.jit(
+        eval_steps,
+        in_shardings=(state_sharding, parallel.batch_sharding(mesh, stacked=True)),
+        out_shardings=parallel.replicated(mesh),
+    )
 
-  checkpointer = ckpt.Checkpointer(
-      os.path.join(workdir, 'checkpoints'),
-      save_every_steps=config.checkpoint_every_steps,
-      keep=config.keep_checkpoints,
-      async_save=config.async_checkpoints,
-  )
-  signals = interrupts.StopSignals()
-  signals.__enter__()  # from here on, a signal stops the run at the next step boundary
-  writer = None
-  try:  # the checkpointer's background threads and the metric files must be closed on every way out
+    checkpointer = ckpt.Checkpointer(
+        os.path.join(workdir, 'checkpoints'),
+        save_every_steps=config.checkpoint_every_steps,
+        keep=config.keep_checkpoints,
+        async_save=config.async_checkpoints,
+    )
     restored = checkpointer.restore(
         ckpt.abstract_with_shardings(abstract_state, state_sharding), rewind_to=config.resume_from_step
     )
+    record = {'config': run_record(config)}
     if restored is None:
       state, meta = initial_state(model, tx, inputs.image_shape, config.seed, state_sharding), {}
       logging.info('Starting from scratch in %s.', workdir)
     else:
       state, meta = restored
+      check_resume(meta.get('config', {}), record['config'], int(state.step), config.allow_config_change)
       logging.info('Resumed from the checkpoint of step %d in %s.', int(state.step), checkpointer.directory)
     step = int(state.step)
     if step >= config.num_train_steps:
       logging.info('This run already finished (step %d of %d); evaluating only.', step, config.num_train_steps)
     # Saved with every checkpoint after a rewind, so that rerunning the same command resumes.
-    resumed_from = config.resume_from_step if config.resume_from_step >= 0 else meta.get('resumed_from', -1)
+    record['resumed_from'] = config.resume_from_step if config.resume_from_step >= 0 else meta.get('resumed_from', -1)
     num_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
     logging.info(
         'Run: %s (%s parameters) on %d %s device(s), %s %s (%s examples), step %d of %d at batch %d, in %s.',
@@ -567,10 +651,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     if step == 0:
       writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
 
-    def run_eval(state, step: int) -> dict[str, float]:
+    def run_eval(state, step: int) -> dict[str, float] | None:
+      """The evaluation's metrics, logged; None if a signal stopped it (JAX's preemption service
+      agrees on training steps only: with it, an evaluation runs to its end)."""
       hostmem.release_freed_memory()  # the training steps' temporaries make room for the evaluation's
       start = time.perf_counter()
-      metrics = evaluate(p_eval_steps, state, inputs, mesh, config.steps_per_loop)
+      stop = lambda: not interrupts.preemption_service() and interrupts.any_process(signals.received is not None)
+      metrics = evaluate(p_eval_steps, state, inputs, mesh, config.steps_per_loop, stop)
+      if metrics is None:
+        logging.warning('The evaluation of step %d was stopped; it runs first when the run resumes.', step)
+        return None
       logging.info(
           'eval at step %d: accuracy %.4f  top-5 %.4f  loss %.4f  (%d examples, %.1fs)',
           step,
@@ -583,26 +673,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
       writer.write_scalars(step, {f'eval_{k}': v for k, v in metrics.items()})
       return metrics
 
+    train_seconds = float(meta.get('train_seconds', 0.0))
+    if meta.get('eval_pending'):  # stopped during this step's evaluation
+      signals.training()
+      if run_eval(state, step) is None:
+        raise _stopped(signals, checkpointer, step)
     state, step, train_seconds = _train(
         config,
         state,
         step,
-        float(meta.get('train_seconds', 0.0)),
-        resumed_from,
-        p_train_steps,
+        train_seconds,
+        record,
+        (p_train_steps, schedule),
         run_eval,
         inputs,
         mesh,
-        schedule,
         checkpointer,
         writer,
         signals,
     )
+    signals.training()  # a finished run that only evaluates
     eval_metrics = run_eval(state, step)
+    if eval_metrics is None:
+      raise _stopped(signals, checkpointer, step)
   finally:
     if writer is not None:
       writer.close()
-    checkpointer.close()
+    if checkpointer is not None:
+      checkpointer.close()
     signals.__exit__()
 
   final = {
