@@ -5,6 +5,7 @@ import pathlib
 import shutil
 import tempfile
 
+import numpy as np
 import pytest
 
 from experiments.configs import mnist_inception
@@ -70,3 +71,52 @@ def make_config():
 def pytest_sessionfinish(session):
   if not os.environ.get('PYTEST_XDIST_WORKER'):  # the controller, after every worker
     shutil.rmtree(COMPILATION_CACHE, ignore_errors=True)
+
+
+def params_of(state):
+  import jax
+
+  return jax.tree.map(np.asarray, jax.device_get(state.params))
+
+
+def damage(step_dir, how):
+  """Damages a checkpoint's step folder the way `how` names."""
+  data_files = sorted((step_dir / 'state').rglob('ocdbt.process_0/d/*'), key=lambda p: p.stat().st_size)
+  if how == 'truncated':
+    data_files[-1].write_bytes(data_files[-1].read_bytes()[: data_files[-1].stat().st_size // 2])
+  elif how == 'overwritten':  # same size, 896 bytes in the middle
+    data = bytearray(data_files[-1].read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 896] = np.random.default_rng(0).integers(0, 256, 896, dtype=np.uint8).tobytes()
+    data_files[-1].write_bytes(bytes(data))
+  elif how == 'missing_metadata':
+    os.remove(step_dir / 'state' / '_METADATA')
+  elif how == 'garbage_metadata':
+    (step_dir / 'state' / '_METADATA').write_text('{"tree_metadata": 7')
+  elif how == 'missing_meta':
+    shutil.rmtree(step_dir / 'meta')
+  elif how == 'empty_step_folder':
+    shutil.rmtree(step_dir)
+    step_dir.mkdir()
+  elif how in ('meta_empty_object', 'meta_a_list', 'meta_shapes_digit', 'meta_without_checksums'):
+    path = step_dir / 'meta' / 'metadata'
+    meta = json.loads(path.read_text())
+    if how == 'meta_shapes_digit':  # one digit of one recorded shape
+      key = next(k for k, shape in meta['shapes'].items() if shape)
+      meta['shapes'][key][0] += 1
+    elif how == 'meta_without_checksums':
+      del meta['checksums']
+    path.write_text(json.dumps({'meta_empty_object': {}, 'meta_a_list': []}.get(how, meta)))
+  else:
+    raise ValueError(how)
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory):
+  """A tiny 6-step run (checkpoints at 3 and 6), to copy and damage or resume: its workdir,
+  final parameters and fc1 kernel's Adam moment."""
+  from inception_jax import train
+
+  workdir = tmp_path_factory.mktemp('finished')
+  state, _ = train.train_and_evaluate(tiny_config(), str(workdir))
+  return workdir, params_of(state), np.asarray(state.opt_state[0].mu['fc1']['kernel'])

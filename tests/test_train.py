@@ -13,12 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import metrics_lines
+from conftest import damage, metrics_lines, params_of
 from inception_jax import checkpoint, train
-
-
-def params_of(state):
-  return jax.tree.map(np.asarray, jax.device_get(state.params))
 
 
 def test_short_real_mnist_run_learns(tmp_path, make_config):
@@ -34,17 +30,6 @@ def test_short_real_mnist_run_learns(tmp_path, make_config):
   lines = metrics_lines(workdir)
   assert any('train_loss' in l for l in lines) and any('eval_accuracy' in l for l in lines)
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir))
-
-
-@pytest.fixture(scope='module')
-def finished_run(tmp_path_factory):
-  """A tiny 6-step run (checkpoints at 3 and 6), to copy and damage or resume: its workdir,
-  final parameters and fc1 kernel's Adam moment."""
-  from conftest import tiny_config
-
-  workdir = tmp_path_factory.mktemp('finished')
-  state, _ = train.train_and_evaluate(tiny_config(), str(workdir))
-  return workdir, params_of(state), np.asarray(state.opt_state[0].mu['fc1']['kernel'])
 
 
 def test_resumed_run_ends_with_the_same_parameters(tmp_path, make_config, finished_run):
@@ -76,26 +61,6 @@ def test_finished_run_evaluates_without_training(tmp_path, make_config, finished
   jax.tree.map(np.testing.assert_array_equal, params_of(again), finished_run[1])
   # The run closed what it opened (metrics.jsonl, the TensorBoard events): nothing was left to the collector.
   assert [str(w.message) for w in caught if w.category is ResourceWarning and str(workdir) in str(w.message)] == []
-
-
-def damage(step_dir, how):
-  data_files = sorted((step_dir / 'state').rglob('ocdbt.process_0/d/*'), key=lambda p: p.stat().st_size)
-  if how == 'truncated':
-    data_files[-1].write_bytes(data_files[-1].read_bytes()[: data_files[-1].stat().st_size // 2])
-  elif how == 'overwritten':  # same size, 896 bytes in the middle
-    data = bytearray(data_files[-1].read_bytes())
-    middle = len(data) // 2
-    data[middle : middle + 896] = np.random.default_rng(0).integers(0, 256, 896, dtype=np.uint8).tobytes()
-    data_files[-1].write_bytes(bytes(data))
-  elif how == 'missing_metadata':
-    os.remove(step_dir / 'state' / '_METADATA')
-  elif how == 'garbage_metadata':
-    (step_dir / 'state' / '_METADATA').write_text('{"tree_metadata": 7')
-  elif how == 'missing_meta':
-    shutil.rmtree(step_dir / 'meta')
-  elif how == 'empty_step_folder':
-    shutil.rmtree(step_dir)
-    step_dir.mkdir()
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,238 @@
+"""A run never loses what it had: only evidence of damage sets a checkpoint aside, damaged
+metadata is damage, logged metrics are moved aside and never deleted, a resume under a
+changed config is refused, and a signal stops a run quickly in every phase (issue #22;
+docs/reliability.md names these tests)."""
+
+import errno
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from unittest import mock
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import ROOT, damage, metrics_lines, params_of
+from inception_jax import checkpoint, interrupts, parallel, train
+
+
+def copy_of(finished_run, tmp_path) -> pathlib.Path:
+  workdir = tmp_path / 'run'
+  shutil.copytree(finished_run[0], workdir)
+  return workdir
+
+
+def snapshot(workdir) -> dict[str, bytes]:
+  """Every file under `workdir`, by relative path (what a user had)."""
+  return {str(p.relative_to(workdir)): p.read_bytes() for p in sorted(workdir.rglob('*')) if p.is_file()}
+
+
+def failing_once(error: BaseException, item: str = 'state'):
+  """CheckpointManager.restore raising `error` the first time it is asked for `item`."""
+  restore, raised = ocp.CheckpointManager.restore, []
+
+  def flaky(self, step, *args, **kwargs):
+    if item in kwargs.get('args', {}).keys() and not raised:
+      raised.append(step)
+      raise error
+    return restore(self, step, *args, **kwargs)
+
+  return mock.patch.object(ocp.CheckpointManager, 'restore', flaky)
+
+
+@pytest.mark.parametrize(
+    'error',
+    [
+        PermissionError(errno.EACCES, 'Permission denied', 'checkpoints/6/state/manifest.ocdbt'),
+        MemoryError(),
+        OSError(errno.EIO, 'Input/output error'),
+        ValueError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.2GiB'),
+        ValueError('Unsupported checkpoint layout version 7'),  # an Orbax that cannot read an older layout
+    ],
+    ids=['permission', 'host_memory', 'io_error', 'device_memory', 'unknown_layout'],
+)
+def test_a_read_error_of_the_environment_moves_nothing_and_the_rerun_resumes(
+    tmp_path, make_config, finished_run, error
+):
+  workdir = copy_of(finished_run, tmp_path)
+  before = snapshot(workdir)
+  with failing_once(error), pytest.raises(checkpoint.CheckpointReadError, match='step 6 .*nothing was moved'):
+    train.train_and_evaluate(make_config(), str(workdir))
+  assert snapshot(workdir) == before  # no checkpoint moved, no metric line dropped, nothing written
+  again, final = train.train_and_evaluate(make_config(), str(workdir))
+  assert final['step'] == 6 and not (workdir / 'checkpoints_set_aside').exists()
+  jax.tree.map(np.testing.assert_array_equal, params_of(again), finished_run[1])
+
+
+@pytest.mark.parametrize('how', ['meta_empty_object', 'meta_a_list', 'meta_shapes_digit', 'meta_without_checksums'])
+def test_damaged_metadata_is_damage_the_run_falls_back_past_it(tmp_path, make_config, finished_run, how):
+  workdir = copy_of(finished_run, tmp_path)
+  damage(workdir / 'checkpoints' / '6', how)
+  resumed, final = train.train_and_evaluate(make_config(), str(workdir))
+  assert [p.name.split('-')[:2] for p in (workdir / 'checkpoints_set_aside').iterdir()] == [['6', 'unreadable']]
+  assert final['step'] == 6
+  jax.tree.map(np.testing.assert_array_equal, params_of(resumed), finished_run[1])  # step 3's, then 3 more steps
+
+
+def test_metric_lines_past_the_restored_step_move_to_a_side_file_never_away(tmp_path, make_config, finished_run):
+  workdir = copy_of(finished_run, tmp_path)
+  logged = (workdir / 'metrics.jsonl').read_text().splitlines()
+  with open(workdir / 'metrics.jsonl', 'a') as f:
+    f.write('{"step": 6, "train_lo')  # a line cut short by a kill
+  damage(workdir / 'checkpoints' / '6', 'truncated')
+  train.train_and_evaluate(make_config(), str(workdir))  # resumes from step 3
+
+  (side,) = workdir.glob('metrics.after_3.*.jsonl')
+  moved = side.read_text().splitlines()
+  assert moved == [line for line in logged if json.loads(line)['step'] > 3] + ['{"step": 6, "train_lo']
+  kept = (workdir / 'metrics.jsonl').read_text().splitlines()
+  assert [l for l in logged if json.loads(l)['step'] <= 3] == kept[: len(kept) - len(moved) + 1]
+  steps = [l['step'] for l in metrics_lines(workdir) if 'train_loss' in l]
+  assert steps == [2, 3, 4, 6]  # every step once
+
+
+def test_a_resume_under_a_changed_config_is_refused_in_one_line_naming_the_fields(tmp_path, make_config, finished_run):
+  workdir = copy_of(finished_run, tmp_path)
+  shutil.rmtree(workdir / 'checkpoints' / '6')
+  before = snapshot(workdir)
+  changed = make_config(global_batch_size=64, seed=1)
+  with pytest.raises(train.ConfigChangedError) as refused:
+    train.train_and_evaluate(changed, str(workdir))
+  message = str(refused.value)
+  assert '\n' not in message
+  assert 'global_batch_size (checkpoint 32, now 64)' in message and 'seed (checkpoint 0, now 1)' in message
+  assert '--config.allow_config_change=True' in message
+  assert snapshot(workdir) == before
+  # Operational fields may change; a knowing change goes on.
+  _, final = train.train_and_evaluate(
+      make_config(global_batch_size=64, seed=1, allow_config_change=True, log_every_steps=3), str(workdir)
+  )
+  assert final['step'] == 6
+
+
+def test_a_signal_during_an_evaluation_stops_it_within_a_call_and_the_resume_evaluates_first(
+    tmp_path, make_config, finished_run
+):
+  # Training calls are one step each; the 4th call of shard_batch is the first batch of step 3's evaluation.
+  config = make_config(steps_per_loop=1, eval_every_steps=3, eval_batch_size=50)  # 10 evaluation batches
+  shard_batch, calls = parallel.shard_batch, []
+
+  def signal_in_evaluation(batch, mesh, **kwargs):
+    calls.append(1)
+    if len(calls) == 4:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return shard_batch(batch, mesh, **kwargs)
+
+  with mock.patch.object(parallel, 'shard_batch', signal_in_evaluation):
+    with pytest.raises(interrupts.StopRequested, match='after saving step 3'):
+      train.train_and_evaluate(config, str(tmp_path))
+  assert len(calls) <= 5  # the evaluation stopped within one more call
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3']
+  assert not any('eval_accuracy' in l for l in metrics_lines(tmp_path))
+
+  resumed, final = train.train_and_evaluate(config, str(tmp_path))
+  evaluated = [l['step'] for l in metrics_lines(tmp_path) if 'eval_accuracy' in l]
+  assert evaluated == [3, 6]  # step 3's evaluation ran first on resume, once
+  assert final['step'] == 6
+  jax.tree.map(np.testing.assert_array_equal, params_of(resumed), finished_run[1])
+
+
+def test_a_signal_before_training_starts_stops_at_once_with_nothing_to_save(tmp_path, make_config):
+  # During the data's preparation, then during the first compile: no step runs after either.
+  create_input = train.data_lib.create_input
+
+  def signal_while_preparing(*args):
+    os.kill(os.getpid(), signal.SIGINT)
+    return create_input(*args)
+
+  with mock.patch.object(train.data_lib, 'create_input', signal_while_preparing):
+    with pytest.raises(interrupts.StopRequested, match='SIGINT before training started') as stop:
+      train.train_and_evaluate(make_config(), str(tmp_path / 'a'))
+  assert stop.value.exit_code == 130
+  assert not os.path.exists(tmp_path / 'a' / 'checkpoints')
+
+  shard_batch = parallel.shard_batch
+
+  def signal_before_the_first_step(batch, mesh, **kwargs):  # the first compile follows
+    os.kill(os.getpid(), signal.SIGTERM)
+    return shard_batch(batch, mesh, **kwargs)
+
+  with mock.patch.object(parallel, 'shard_batch', signal_before_the_first_step):
+    with pytest.raises(interrupts.StopRequested, match='SIGTERM before training started'):
+      train.train_and_evaluate(make_config(), str(tmp_path / 'b'))
+  assert os.listdir(tmp_path / 'b' / 'checkpoints') == [] and metrics_lines(tmp_path / 'b') == []
+
+
+def run_script(code: str, *signals_after_ready: int, timeout: float = 120) -> tuple[int, str, float]:
+  """Runs `code` in a fresh Python (signals at their default actions, as from a shell: pytest-xdist
+  workers ignore SIGTERM, and children inherit that); once it prints 'ready', sends each signal
+  0.2 s apart. Returns (status, output, seconds from 'ready' to the end)."""
+  import time
+
+  code = 'import signal; signal.signal(signal.SIGTERM, signal.SIG_DFL)\n' + textwrap.dedent(code)
+
+  process = subprocess.Popen(
+      [sys.executable, '-c', code],
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+  )
+  lines = []
+  for line in process.stdout:
+    lines.append(line)
+    if line.strip() == 'ready':
+      break
+  ready = time.monotonic()
+  for signum in signals_after_ready:
+    time.sleep(0.2)
+    process.send_signal(signum)
+  out, _ = process.communicate(timeout=timeout)
+  return process.returncode, ''.join(lines) + out, time.monotonic() - ready
+
+
+def test_a_second_signal_stops_at_once_even_inside_a_long_call():
+  # A call that does not return to Python until it ends (here numpy's SVD; TFDS's preparation,
+  # a large device_get): Python runs its handler once, afterwards, however many signals came.
+  code = """
+      import time
+      import numpy as np
+      from inception_jax import interrupts
+
+      matrix = np.random.default_rng(0).standard_normal((2500, 2500))
+      with interrupts.StopSignals() as signals:
+        signals.training()
+        print('ready', flush=True)
+        start = time.monotonic()
+        np.linalg.svd(matrix)  # about 7 s on 2 cores
+        print(f'returned after {time.monotonic() - start:.1f} s', flush=True)
+  """
+  status, out, seconds = run_script(code, signal.SIGTERM, signal.SIGTERM)
+  assert 'Second SIGTERM: stopping now, without saving' in out and 'returned after' not in out, out
+  assert status == 128 + signal.SIGTERM and seconds < 2, (status, seconds)
+
+
+def test_sigint_with_several_processes_and_no_preemption_service_is_taken_not_fatal():
+  # jax.distributed without its preemption service: nothing catches a SIGTERM sent to oneself.
+  code = """
+      import time
+      from unittest import mock
+      import jax
+      from inception_jax import interrupts
+      jax.config.update('jax_enable_preemption_service', False)
+      with mock.patch.object(interrupts.jax, 'process_count', lambda: 2):
+        with interrupts.StopSignals() as signals:
+          signals.training()
+          print('ready', flush=True)
+          time.sleep(2)
+          print('received', signals.received, flush=True)
+  """
+  status, out, _ = run_script(code, signal.SIGINT)
+  assert status == 0 and f'received {int(signal.SIGINT)}' in out, (status, out)
