@@ -111,6 +111,19 @@ class Checkpointer:
         ),
         item_names=('state', 'meta'),
     )
+    # Reads go through a manager of this process alone: Orbax ends a restore with a barrier of
+    # all processes, which would leave the others waiting when one process's read fails. The
+    # processes agree on each read's outcome themselves (_everywhere).
+    self._reader = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            read_only=True,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                primary_host=jax.process_index(), active_processes={jax.process_index()}
+            ),
+        ),
+        item_names=('state', 'meta'),
+    )
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -144,6 +157,7 @@ class Checkpointer:
     checkpoints after it are set aside, unless the newest one already continues from it
     (a rewound run that was interrupted again resumes where it stopped).
     """
+    self._reader.reload()
     steps = self.all_steps()
     if rewind_to >= 0 and steps:
       if rewind_to not in steps:
@@ -219,7 +233,7 @@ class Checkpointer:
   def _read(self, step: int, **items) -> Any:
     """Restores `items` of `step`: _Damaged on evidence of damage, CheckpointReadError otherwise."""
     try:
-      return self._manager.restore(step, args=ocp.args.Composite(**items))
+      return self._reader.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except
       if _is_damage(e):
         raise _Damaged(f'The checkpoint of step {step} in {self.directory} is damaged ({_first_line(e)}).') from e
@@ -240,7 +254,7 @@ class Checkpointer:
       result, error, outcome = None, e, 2
     outcomes = [outcome]
     if jax.process_count() > 1:
-      outcomes = multihost_utils.process_allgather(np.int32(outcome)).tolist()
+      outcomes = np.ravel(multihost_utils.process_allgather(np.int32(outcome))).tolist()
     if max(outcomes) == outcome and error is not None:
       raise error
     if max(outcomes) == 2:
@@ -262,6 +276,7 @@ class Checkpointer:
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f'checkpoint_set_aside_{step}')
     self._manager.reload()
+    self._reader.reload()
 
   def reached_preemption(self, step: int) -> bool:
     """True at the step where every process saves after a preemption notice (multi-process
@@ -277,6 +292,7 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+    self._reader.close()
 
 
 def _shapes(tree: Any) -> dict[str, list[int]]:

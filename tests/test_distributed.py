@@ -1,18 +1,23 @@
 """Two real processes on localhost of 4 fake CPU devices each, joined by jax.distributed with
 CPU collectives, train on the 8 devices with replicated parameters, checkpoint, resume with the
 large parameters sharded over the 8, save together on a SIGTERM to one of them, and end where
-one process on one device does; each step compiles once (the mesh arithmetic: test_parallel.py)."""
+one process on one device does; each step compiles once (the mesh arithmetic: test_parallel.py).
+When one process alone cannot read a checkpoint, both agree before anything is moved."""
 
 import collections
 import functools
 import json
 import os
+import pathlib
 import re
+import shutil
 import signal
 from unittest import mock
 
 import jax
+import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from jax.sharding import PartitionSpec as P
 
 import processes
@@ -77,6 +82,8 @@ def worker(coordinator: str, process_id: int, workdir: str) -> None:
     return shard_batch(batch, mesh, **kwargs)
 
   runs = {}
+  # Goes on from the replicated run's 2 steps to 10: a knowing change of the run's length.
+  sharded_config = config_for_test(10, shard_params=True, shard_min_size=4096, allow_config_change=True)
   with (
       mock.patch.object(train, 'train_step', counted(train.train_step)),
       mock.patch.object(train, 'eval_step', counted(train.eval_step)),
@@ -89,13 +96,52 @@ def worker(coordinator: str, process_id: int, workdir: str) -> None:
     saved.clear()
     try:
       with mock.patch.object(parallel, 'shard_batch', sigterm_during_step_4):
-        train.train_and_evaluate(config_for_test(10, shard_params=True, shard_min_size=4096), workdir)
+        train.train_and_evaluate(sharded_config, workdir)
       raise AssertionError('not stopped')
     except interrupts.StopRequested as e:
       print(f'process {process_id}: {e}', flush=True)
     runs['sharded'] = dict(traces=dict(traces), saved=list(saved))
   print(f'process {process_id} runs: {json.dumps(runs)}', flush=True)
+  restore_where_one_process_fails(process_id, workdir, sharded_config)
   jax.distributed.shutdown()
+
+
+def restore_where_one_process_fails(process_id: int, workdir: str, config) -> None:
+  """On a copy of the run: process 1 alone cannot read the newest checkpoint, first for a reason of
+  the environment (both stop, nothing moves), then because its files are damaged (both set that
+  step aside and restore the one before). Prints what each process saw."""
+  from jax.experimental import multihost_utils
+
+  copy = pathlib.Path(workdir + '_copy')
+  if process_id == 0:
+    shutil.copytree(workdir, copy)
+  multihost_utils.sync_global_devices('copied')
+  steps = sorted(int(s) for s in os.listdir(copy / 'checkpoints'))
+  restore = ocp.CheckpointManager.restore
+
+  def failing_on_process_1(error):
+    def read(self, step, *args, **kwargs):
+      if process_id == 1 and step == steps[-1] and 'state' in kwargs['args'].keys():
+        raise error
+      return restore(self, step, *args, **kwargs)
+
+    return mock.patch.object(ocp.CheckpointManager, 'restore', read)
+
+  with failing_on_process_1(PermissionError(13, 'Permission denied')):
+    try:
+      train.train_and_evaluate(config, str(copy))
+      raise AssertionError('restored')
+    except checkpoint.CheckpointReadError as e:
+      print(f'process {process_id} environment: {e}', flush=True)
+  multihost_utils.sync_global_devices('environment')
+  print(f'process {process_id} after environment: {sorted(os.listdir(copy))}', flush=True)
+
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.num_train_steps = steps[-2]  # restore, evaluate only
+  with failing_on_process_1(ValueError('DATA_LOSS: Error reading "params.fc1.kernel/0.0" in OCDBT database')):
+    _, final = train.train_and_evaluate(config, str(copy))
+  set_aside = sorted(p.name.split('-')[0] for p in (copy / 'checkpoints_set_aside').iterdir())
+  print(f'process {process_id} damage: restored {final["step"]} of {steps}, set aside {set_aside}', flush=True)
 
 
 def test_two_processes_train_checkpoint_resume_and_match_one(tmp_path):
@@ -111,6 +157,17 @@ def test_two_processes_train_checkpoint_resume_and_match_one(tmp_path):
     assert runs['replicated']['saved'] == [[str(P()), str(P()), 8]], runs
     sharded = [str(P('data', None)), str(P('data', None)), 8]
     assert runs['sharded']['saved'] and all(spec == sharded for spec in runs['sharded']['saved']), runs
+  # Process 1 alone could not read the newest checkpoint: from the environment, both stopped and
+  # nothing moved; from damage, both set it aside and restored the one before.
+  for i, out in enumerate(outputs):
+    assert re.search(
+        r'environment: (Process 1 could not read|The checkpoint of step \d+ .* could not be read)', out
+    ), out
+    listing = re.search(rf'process {i} after environment: (.*)', out)[1]
+    assert 'checkpoints_set_aside' not in listing and 'checkpoints' in listing, listing
+    steps, set_aside = re.search(r'damage: restored \d+ of (\[.*\]), set aside (\[.*\])', out).groups()
+    steps = json.loads(steps)
+    assert f'damage: restored {steps[-2]} of' in out and json.loads(set_aside.replace("'", '"')) == [str(steps[-1])]
   stopped = [re.findall(r'process \d: Stopped by SIGTERM after saving step (\d+)', out) for out in outputs]
   assert stopped[0] == stopped[1] and len(stopped[0]) == 1 and int(stopped[0][0]) >= 4, outputs[0][-3000:]
   assert str(int(stopped[0][0])) in os.listdir(workdir / 'checkpoints')
