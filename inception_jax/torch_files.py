@@ -16,15 +16,25 @@ safetensors files:
 Nothing in a file runs code: a file must start as one of these formats does before
 anything in it is unpickled, and every pickle in it goes through an unpickler that
 resolves only the few globals a state_dict needs (OrderedDict, torch's tensor-rebuild
-functions and storage types; none for the legacy format's header). Whatever is wrong
-with a file is a `WeightFileError` (a ValueError) of one line.
+functions and storage types; none for the legacy format's header).
+
+Nor can a file make the reader allocate more than it holds and the tensors it declares
+need: every storage is checked against the bytes the file has for it, every tensor against
+its storage (a tensor holds no more elements than its storage, so stride 0 cannot blow one
+element up), the storages a zip file declares against the size of the file, and all tensors
+together too (views of one storage may overlap, so each would otherwise copy all of it; the
+same view under two names, as tied weights are, is copied once).
+
+Whatever is wrong with a file is a `WeightFileError` (a ValueError) of one line.
 """
 
 from __future__ import annotations
 
 import collections
+import io
 import json
 import math
+import operator
 import os
 import pickle
 import struct
@@ -70,28 +80,35 @@ class WeightFileError(ValueError):
   """A weight file that is not a plain PyTorch state_dict or safetensors file, or is damaged."""
 
 
-class _StorageType:
-
-  def __init__(self, name: str):
-    self.name, self.dtype = name, np.dtype(_STORAGE_DTYPES[name])
+# Immutable, so that a pickle's BUILD cannot change one.
+_StorageType = collections.namedtuple('_StorageType', ['name', 'dtype'])
 
 
-def _rebuild_tensor(storage, offset, size, stride, *unused):
-  itemsize = storage.dtype.itemsize
-  size, stride, offset = tuple(map(int, size)), tuple(map(int, stride)), int(offset)
+class _Budget:
+  """Bytes a file may make the reader allocate for one purpose: no more than the file holds."""
+
+  def __init__(self, limit: int, what: str):
+    self.limit, self.left, self.what = limit, limit, what
+
+  def take(self, nbytes: int) -> None:
+    self.left -= nbytes
+    if self.left < 0:
+      raise WeightFileError(f'{self.what} need more bytes than the file holds ({self.limit})')
+
+
+def _tensor_view(storage: np.ndarray, offset, size, stride) -> np.ndarray:
+  """A tensor as a read-only view of its storage, once its elements are known to lie inside it."""
+  size, stride, offset = tuple(map(operator.index, size)), tuple(map(operator.index, stride)), operator.index(offset)
+  numel = math.prod(size)
   # as_strided trusts its arguments: keep every element inside the storage.
-  last = offset + sum((n - 1) * s for n, s in zip(size, stride) if n > 0)
-  if (
-      len(size) != len(stride)
-      or min(size + stride + (offset,), default=0) < 0
-      or (math.prod(size) and last >= storage.size)
-      or offset > storage.size
-  ):
+  end = offset + sum((n - 1) * s for n, s in zip(size, stride)) + 1 if numel else offset
+  if len(size) != len(stride) or min(size + stride + (offset,), default=0) < 0 or end > storage.size:
     raise WeightFileError(f'a tensor of size {size}, stride {stride} at offset {offset} lies outside its storage')
-  if not size:
-    return storage[offset : offset + 1].reshape(()).copy()
-  view = np.lib.stride_tricks.as_strided(storage[offset:], tuple(size), tuple(s * itemsize for s in stride))
-  return np.array(view)
+  # Repeating elements (stride 0) could make a tensor of any size out of one element.
+  if numel > storage.size:
+    raise WeightFileError(f'a tensor of size {size} holds {numel} elements, more than its storage ({storage.size})')
+  strides = tuple(s * storage.itemsize for s in stride)
+  return np.lib.stride_tricks.as_strided(storage[offset:], size, strides, writeable=False)
 
 
 def _rebuild_parameter(data, *unused):
@@ -112,18 +129,46 @@ _GLOBALS = {
 }
 
 
-class _Unpickler(pickle.Unpickler):
+def _refuse_bytearray(unpickler):
+  raise pickle.UnpicklingError('a bytearray, which no state_dict holds')
 
-  def __init__(self, file, load_storage, rebuild_tensor=_rebuild_tensor):
+
+class _SafeUnpickler(pickle._Unpickler):  # pylint: disable=protected-access
+  """Python's own unpickler, which allocates only what the file holds (bar a bytearray, refused).
+
+  Not the C one (pickle.Unpickler): that sizes its memo by the largest index in the file and
+  allocates a bytes object as long as the file says before reading it, so a few bytes can make
+  it write gigabytes.
+  """
+
+  dispatch = {**pickle._Unpickler.dispatch, pickle.BYTEARRAY8[0]: _refuse_bytearray}  # pylint: disable=protected-access
+
+
+class _Unpickler(_SafeUnpickler):
+  """Unpickles a state_dict; its tensors may take `tensor_bytes` (None: not rebuilt)."""
+
+  def __init__(self, file, load_storage, tensor_bytes: _Budget | None):
     super().__init__(file, encoding='utf-8')
     self._load_storage = load_storage
-    self._rebuild_tensor = rebuild_tensor
+    self._tensor_bytes = tensor_bytes
+    self._tensors = {}  # (address, dtype, shape, strides): array
+
+  def _rebuild_tensor(self, storage, offset, size, stride, *unused):
+    if self._tensor_bytes is None:
+      return None
+    view = _tensor_view(storage, offset, size, stride)
+    # Tied weights are one storage under two names, each with a tensor of its own: copy it once.
+    key = (view.__array_interface__['data'][0], view.dtype, view.shape, view.strides)
+    if key not in self._tensors:
+      self._tensor_bytes.take(view.nbytes)
+      self._tensors[key] = view.copy()
+    return self._tensors[key]
 
   def find_class(self, module, name):
     if (module, name) == ('torch._utils', '_rebuild_tensor_v2'):
       return self._rebuild_tensor
     if module == 'torch' and name in _STORAGE_DTYPES:
-      return _StorageType(name)
+      return _StorageType(name, np.dtype(_STORAGE_DTYPES[name]))
     if (module, name) in _GLOBALS:
       return _GLOBALS[(module, name)]
     raise pickle.UnpicklingError(
@@ -131,19 +176,19 @@ class _Unpickler(pickle.Unpickler):
         'Save the weights with torch.save(model.state_dict(), path), or as safetensors.'
     )
 
-  def persistent_load(self, saved_id):
-    if saved_id[0] != 'storage':
-      raise pickle.UnpicklingError(f'Unknown persistent id {saved_id[0]!r} in a PyTorch file.')
-    return self._load_storage(*saved_id[1:])
+  def persistent_load(self, pid):
+    if not (isinstance(pid, tuple) and len(pid) > 1 and pid[0] == 'storage' and isinstance(pid[1], _StorageType)):
+      raise pickle.UnpicklingError(f'a persistent id that is not a storage: {pid!r}')
+    return self._load_storage(*pid[1:])
 
 
-class _PlainUnpickler(pickle.Unpickler):
+class _PlainUnpickler(_SafeUnpickler):
   """For the legacy format's header: plain data only (numbers, strings, lists, dicts)."""
 
   def find_class(self, module, name):
     raise pickle.UnpicklingError(f'{module}.{name} where plain data was expected')
 
-  def persistent_load(self, saved_id):
+  def persistent_load(self, pid):
     raise pickle.UnpicklingError('a persistent id where plain data was expected')
 
 
@@ -155,66 +200,81 @@ def _load_plain(f, what: str, expected_type: type) -> Any:
 
 
 def _read_zip(path) -> Any:
+  file_size = os.path.getsize(path)
+  # torch.save stores the members uncompressed: together they hold no more bytes than the file.
+  member_bytes = _Budget(file_size, 'its zip members')
   with zipfile.ZipFile(path) as archive:
     names = archive.namelist()
     pickle_name = next((n for n in names if n.endswith('data.pkl')), None)
     if pickle_name is None:
       raise WeightFileError('it is a zip file but not a PyTorch checkpoint (no data.pkl inside)')
     prefix = pickle_name[: -len('data.pkl')]
-    if f'{prefix}byteorder' in names and archive.read(f'{prefix}byteorder').decode().strip() != 'little':
+
+    def read(name: str, size: int | None = None) -> bytes:
+      """The member `name`, once known to hold `size` bytes (if given) and to fit in the budget."""
+      info = archive.getinfo(name)
+      if size is not None and info.file_size != size:
+        raise WeightFileError(f'its member {name!r} holds {info.file_size} bytes where its storage needs {size}')
+      member_bytes.take(info.file_size)
+      with archive.open(info) as f:
+        return _read_exactly(f, info.file_size)
+
+    if f'{prefix}byteorder' in names and read(f'{prefix}byteorder').decode().strip() != 'little':
       raise WeightFileError('it was saved on a big-endian machine, which is not supported')
     storages = {}
 
     def load_storage(storage_type, key, location, numel):
       if key not in storages:
-        storages[key] = np.frombuffer(archive.read(f'{prefix}data/{key}'), dtype=storage_type.dtype)
+        size = operator.index(numel) * storage_type.dtype.itemsize
+        storages[key] = np.frombuffer(read(f'{prefix}data/{key}', size), dtype=storage_type.dtype)
       return storages[key]
 
-    with archive.open(pickle_name) as f:
-      return _Unpickler(f, load_storage).load()
+    return _Unpickler(io.BytesIO(read(pickle_name)), load_storage, _Budget(file_size, 'its tensors')).load()
 
 
 def _read_legacy(path) -> Any:
-  with open(path, 'rb') as f:
-    f.seek(len(_LEGACY_HEADER))  # the magic number, checked by load_state_dict
-    _load_plain(f, 'protocol version', int)
-    sys_info = _load_plain(f, 'system info', dict)
-    if not sys_info.get('little_endian', True):
-      raise WeightFileError('it was saved on a big-endian machine, which is not supported')
-    roots: dict[str, tuple[np.dtype, int]] = {}
-    # Storages are read after the pickle; hand out placeholders, fill them in afterwards.
-    placeholders: dict[str, np.ndarray] = {}
+  with open(path, 'rb') as file:
+    data = file.read()
+  f = io.BytesIO(data)
+  f.seek(len(_LEGACY_HEADER))  # the magic number, checked by load_state_dict
+  _load_plain(f, 'protocol version', int)
+  sys_info = _load_plain(f, 'system info', dict)
+  if not sys_info.get('little_endian', True):
+    raise WeightFileError('it was saved on a big-endian machine, which is not supported')
+  # The storages' bytes follow the pickle that uses them. Unpickle it once without tensors to
+  # learn its storages and where it ends, read those, then unpickle it again with them.
+  start = f.tell()
+  declared: dict[str, tuple[np.dtype, int]] = {}
 
-    def load_storage(storage_type, root_key, location, numel, view_metadata):
-      roots.setdefault(root_key, (storage_type.dtype, numel))
-      if root_key not in placeholders:
-        placeholders[root_key] = np.empty(numel, storage_type.dtype)
-      if view_metadata is None:
-        return placeholders[root_key]
-      view_key, offset, view_size = view_metadata
-      return placeholders[root_key][offset : offset + view_size]
+  def declare(storage_type, root_key, location, numel, view_metadata):
+    declared.setdefault(root_key, (storage_type.dtype, operator.index(numel)))
 
-    # Tensors copy their storage when rebuilt, so rebuild them after the bytes are in.
-    pending = []
+  _Unpickler(f, declare, tensor_bytes=None).load()
+  keys = _load_plain(f, 'list of storage keys', list)
+  if sorted(keys) != sorted(declared):
+    raise WeightFileError('its list of storage keys does not match the tensors it holds')
+  storages = {}
+  for key in keys:
+    dtype, numel = declared[key]
+    (count,) = struct.unpack('<q', _read_exactly(f, 8))
+    if not 0 <= numel <= count:
+      raise WeightFileError(f'storage {key!r} holds {count} elements where {numel} are needed')
+    if f.tell() + count * dtype.itemsize > len(data):
+      raise WeightFileError('it ends early (truncated?)')
+    storages[key] = np.frombuffer(data, dtype, count=numel, offset=f.tell())
+    f.seek(count * dtype.itemsize, os.SEEK_CUR)
 
-    def deferred_rebuild(storage, offset, size, stride, *unused):
-      cell = [storage, offset, size, stride]
-      pending.append(cell)
-      return cell
+  def load_storage(storage_type, root_key, location, numel, view_metadata):
+    if view_metadata is None:
+      return storages[root_key]
+    view_key, offset, size = view_metadata
+    offset, size, storage = operator.index(offset), operator.index(size), storages[root_key]
+    if not 0 <= offset <= offset + size <= storage.size:
+      raise WeightFileError(f'a view of storage {root_key!r} lies outside it')
+    return storage[offset : offset + size]
 
-    result = _Unpickler(f, load_storage, deferred_rebuild).load()
-    keys = _load_plain(f, 'list of storage keys', list)
-    if sorted(map(str, keys)) != sorted(roots):
-      raise WeightFileError('its list of storage keys does not match the tensors it holds')
-    for key in keys:
-      dtype, numel = roots[key]
-      (count,) = struct.unpack('<q', _read_exactly(f, 8))
-      if count < numel:
-        raise WeightFileError(f'storage {key} holds {count} elements where {numel} are needed')
-      placeholders[key][:] = np.frombuffer(_read_exactly(f, numel * dtype.itemsize), dtype=dtype)
-      f.seek((count - numel) * dtype.itemsize, os.SEEK_CUR)
-  tensors = {id(cell): _rebuild_tensor(*cell) for cell in pending}
-  return _replace_cells(result, tensors)
+  f.seek(start)
+  return _Unpickler(f, load_storage, _Budget(len(data), 'its tensors')).load()
 
 
 def _read_exactly(f, size: int) -> bytes:
@@ -224,74 +284,65 @@ def _read_exactly(f, size: int) -> bytes:
   return data
 
 
-def _read_torch(path, reader) -> Any:
+def _read(path: str, what: str, reader) -> Any:
+  """reader(path), with whatever is wrong with the file as a WeightFileError of one line."""
   try:
     return reader(path)
-  except WeightFileError as e:
-    raise WeightFileError(f'{path} is not a readable PyTorch state_dict: {e}.') from None
-  except (
-      pickle.UnpicklingError,
-      EOFError,
-      OverflowError,
-      ValueError,
-      TypeError,
-      KeyError,
-      IndexError,
-      AttributeError,
-      struct.error,
-      zipfile.BadZipFile,
-      UnicodeDecodeError,
-      MemoryError,
-  ) as e:
-    raise WeightFileError(
-        f'{path} is not a readable PyTorch state_dict: {type(e).__name__}: {e}'.rstrip('.') + '.'
-    ) from None
-
-
-def _replace_cells(obj, tensors):
-  if isinstance(obj, list) and id(obj) in tensors:
-    return tensors[id(obj)]
-  if isinstance(obj, dict):
-    return type(obj)((k, _replace_cells(v, tensors)) for k, v in obj.items())
-  if isinstance(obj, (list, tuple)):
-    return type(obj)(_replace_cells(v, tensors) for v in obj)
-  return obj
+  except Exception as e:  # pylint: disable=broad-except
+    # Damaged files make the parsers raise all sorts: BadZipFile, EOFError, RecursionError,
+    # OverflowError, NotImplementedError (a zip compression method), zlib.error, ...
+    detail = str(e) if isinstance(e, WeightFileError) else f'{type(e).__name__}: {e}'
+    if len(detail) > 300:
+      detail = detail[:300] + '...'
+    # Names from the file may hold line breaks or terminal escapes: show those as escapes.
+    detail = ''.join(c if c.isprintable() else repr(c)[1:-1] for c in detail)
+    raise WeightFileError(f'{path} is not a readable {what}: {detail.rstrip(".")}.') from None
 
 
 def read_safetensors(path) -> dict[str, np.ndarray]:
   """{name: array} from a safetensors file; raises WeightFileError if it is not one."""
-  try:
-    return _read_safetensors(path)
-  except WeightFileError as e:
-    raise WeightFileError(f'{path} is not a readable safetensors file: {e}.') from None
-  except (ValueError, KeyError, TypeError, struct.error) as e:
-    raise WeightFileError(f'{path} is not a readable safetensors file: {type(e).__name__}: {e}.') from None
+  return _read(os.fspath(path), 'safetensors file', _read_safetensors)
 
 
 def _read_safetensors(path) -> dict[str, np.ndarray]:
   with open(path, 'rb') as f:
-    (length,) = struct.unpack('<Q', _read_exactly(f, 8))
-    if length > os.path.getsize(path) - 8:
-      raise WeightFileError(f'its header length {length} runs past the end of the file')
-    header = json.loads(_read_exactly(f, length))
     data = f.read()
+  if len(data) < 8:
+    raise WeightFileError('it ends early (truncated?)')
+  (length,) = struct.unpack_from('<Q', data)
+  if length > len(data) - 8:
+    raise WeightFileError(f'its header length {length} runs past the end of the file')
+  header = json.loads(data[8 : 8 + length])
   if not isinstance(header, dict):
     raise WeightFileError('its header is not a JSON object')
-  out = {}
+  start = 8 + length
+  tensors = {}  # name: (begin, end, dtype, shape)
   for name, info in header.items():
     if name == '__metadata__':
       continue
-    if info['dtype'] not in _SAFETENSORS_DTYPES:
-      raise WeightFileError(f'{name} has dtype {info["dtype"]!r}; readable: {", ".join(_SAFETENSORS_DTYPES)}')
+    if not isinstance(info, dict) or not isinstance(info.get('dtype'), str) or info['dtype'] not in _SAFETENSORS_DTYPES:
+      raise WeightFileError(f'{name!r} is not a tensor of one of the dtypes {", ".join(_SAFETENSORS_DTYPES)}')
     dtype = np.dtype(_SAFETENSORS_DTYPES[info['dtype']])
-    begin, end = (int(x) for x in info['data_offsets'])
-    shape = tuple(int(x) for x in info['shape'])
-    if not 0 <= begin <= end <= len(data) or end - begin != math.prod(shape) * dtype.itemsize:
-      raise WeightFileError(
-          f'{name}: its byte range [{begin}, {end}) does not hold a {info["dtype"]} array of shape {shape}'
-      )
-    out[name] = np.frombuffer(data[begin:end], dtype=dtype).reshape(shape).copy()
-  return out
+    shape, offsets = info.get('shape'), info.get('data_offsets')
+    if not _whole_numbers(shape) or not _whole_numbers(offsets) or len(offsets) != 2:
+      raise WeightFileError(f'{name!r}: its shape and data_offsets are not lists of whole numbers')
+    begin, end = offsets
+    if not begin <= end <= len(data) - start or end - begin != math.prod(shape) * dtype.itemsize:
+      raise WeightFileError(f'{name!r}: its bytes [{begin}, {end}) are not a {info["dtype"]} array of shape {shape}')
+    tensors[name] = begin, end, dtype, shape
+  # No two tensors share bytes, so together they take no more than the file holds.
+  spans = sorted((begin, end, name) for name, (begin, end, *_) in tensors.items())
+  for (_, end, first), (begin, _, second) in zip(spans, spans[1:]):
+    if begin < end:
+      raise WeightFileError(f'{first!r} and {second!r} share bytes')
+  return {
+      name: np.frombuffer(data, dtype, math.prod(shape), start + begin).reshape(shape).copy()
+      for name, (begin, _, dtype, shape) in tensors.items()
+  }
+
+
+def _whole_numbers(value) -> bool:
+  return isinstance(value, list) and all(type(x) is int and x >= 0 for x in value)
 
 
 def write_safetensors(path, arrays: Mapping[str, np.ndarray]) -> None:
@@ -332,9 +383,9 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     with open(path, 'rb') as f:
       head = f.read(len(_LEGACY_HEADER))
     if head.startswith(_ZIP_HEADER):
-      state = _read_torch(path, _read_zip)
+      state = _read(path, 'PyTorch state_dict', _read_zip)
     elif head == _LEGACY_HEADER:
-      state = _read_torch(path, _read_legacy)
+      state = _read(path, 'PyTorch state_dict', _read_legacy)
     else:
       raise WeightFileError(
           f'{path} is not a PyTorch weight file (neither torch.save format starts this way) nor a .safetensors '
@@ -345,7 +396,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
       state = state[wrapper]
   if not isinstance(state, Mapping):
     raise WeightFileError(f'{path} holds a {type(state).__name__}, not a state_dict.')
-  state = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
+  state = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, np.ndarray)}
   if state and all(k.startswith('module.') for k in state):
     state = {k.removeprefix('module.'): v for k, v in state.items()}
   return state

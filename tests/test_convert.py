@@ -4,8 +4,11 @@ import collections
 import io
 import os
 import pickle
+import struct
 import subprocess
 import sys
+import tracemalloc
+import zipfile
 
 import jax
 import numpy as np
@@ -146,7 +149,176 @@ def test_damaged_or_foreign_files_are_refused_in_one_line(tmp_path):
   storage = np.zeros(4, np.float32)
   for offset, size, stride in ((0, (4,), (400,)), (3, (2,), (1,)), (-1, (1,), (1,)), (0, (2, 2), (2,))):
     with pytest.raises(torch_files.WeightFileError, match='outside its storage'):
-      torch_files._rebuild_tensor(storage, offset, size, stride)
+      torch_files._tensor_view(storage, offset, size, stride)
+
+
+def refused(path) -> str:
+  """load_state_dict's error for `path`, checked to be a WeightFileError of one line that names the file."""
+  with pytest.raises(torch_files.WeightFileError) as error:
+    torch_files.load_state_dict(path)
+  message = str(error.value)
+  assert str(path) in message and '\n' not in message, message
+  return message
+
+
+def peak_bytes(function) -> int:
+  """The most memory Python objects and numpy arrays held at once while `function` ran."""
+  tracemalloc.start()
+  try:
+    function()
+  except torch_files.WeightFileError:
+    pass
+  finally:
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+  return peak
+
+
+def saved(state, zip_format=True) -> bytes:
+  buffer = io.BytesIO()
+  torch.save(state, buffer, _use_new_zipfile_serialization=zip_format)
+  return buffer.getvalue()
+
+
+def rezipped(content: bytes, members: dict[str, bytes], compression=zipfile.ZIP_STORED) -> bytes:
+  """A torch zip file with the members whose names end in a key of `members` replaced."""
+  buffer = io.BytesIO()
+  with zipfile.ZipFile(io.BytesIO(content)) as old, zipfile.ZipFile(buffer, 'w', compression) as new:
+    for name in old.namelist():
+      replacement = [v for k, v in members.items() if name.endswith(k)]
+      new.writestr(name, replacement[0] if replacement else old.read(name))
+  return buffer.getvalue()
+
+
+def legacy_file(state_pickle: bytes, keys=()) -> bytes:
+  """A legacy torch.save file around a hand-made state_dict pickle."""
+  header = saved({}, zip_format=False)[: -2 * len(pickle.dumps([], protocol=2))]
+  return header + state_pickle + pickle.dumps(list(keys), protocol=2)
+
+
+@pytest.mark.parametrize('zip_format', [True, False], ids=['zip', 'legacy'])
+def test_a_tensor_holds_no_more_elements_than_its_storage(tmp_path, zip_format):
+  # Issue #22: stride 0 passed the bounds check, so a file of a few hundred bytes made a 40 MB tensor.
+  path = tmp_path / 'expanded.pth'
+  path.write_bytes(saved({'w': torch.zeros(1).expand(10_000_000)}, zip_format))
+  assert path.stat().st_size < 2000
+  assert 'holds 10000000 elements' in refused(path)
+  assert peak_bytes(lambda: torch_files.load_state_dict(path)) < 1 << 20
+
+
+@pytest.mark.parametrize('zip_format', [True, False], ids=['zip', 'legacy'])
+def test_a_storage_is_no_larger_than_its_bytes_in_the_file(tmp_path, zip_format):
+  # A storage of 2**28 floats (1 GiB) declared for 4 bytes: refused before anything is allocated.
+  content = saved({'w': torch.zeros(1)}, zip_format)
+  state_pickle = zipfile.ZipFile(io.BytesIO(content)).read('archive/data.pkl') if zip_format else content
+  declared = b'cpuq\x06K\x01'  # numel 1, after the location
+  assert state_pickle.count(declared) == 1
+  state_pickle = state_pickle.replace(declared, b'cpuq\x06J' + struct.pack('<i', 1 << 28))
+  huge = rezipped(content, {'data.pkl': state_pickle}) if zip_format else state_pickle
+  (tmp_path / 'huge.pth').write_bytes(huge)
+  message = refused(tmp_path / 'huge.pth')
+  assert '268435456 are needed' in message or f'needs {4 << 28}' in message, message
+  assert peak_bytes(lambda: torch_files.load_state_dict(tmp_path / 'huge.pth')) < 1 << 20
+
+
+def test_zip_members_are_checked_before_they_are_read(tmp_path):
+  # Issue #22: zip members were read whole, however large. Here 16 MB of zeros, deflated to 16 kB.
+  zeros = bytes(16 << 20)
+  files = {
+      # A member larger than the storage the pickle declares for it.
+      'oversized.pth': rezipped(saved({'w': torch.zeros(1)}), {'data/0': zeros}, zipfile.ZIP_DEFLATED),
+      # A storage and member that agree, but need a thousand times the bytes of the file.
+      'bomb.pth': rezipped(saved({'w': torch.zeros(4 << 20)}), {}, zipfile.ZIP_DEFLATED),
+  }
+  for name, content in files.items():
+    path = tmp_path / name
+    path.write_bytes(content)
+    assert path.stat().st_size < 100_000
+    message = refused(path)
+    assert 'bytes' in message, message
+    assert peak_bytes(lambda: torch_files.load_state_dict(path)) < 1 << 20, name
+
+
+@pytest.mark.parametrize('zip_format', [True, False], ids=['zip', 'legacy'])
+def test_overlapping_views_make_no_more_bytes_than_the_file_holds(tmp_path, zip_format):
+  # 40 views of one 1 MB storage would make 40 MB of tensors out of a 1 MB file.
+  base = torch.zeros(250_000)
+  path = tmp_path / 'views.pth'
+  path.write_bytes(saved({f'v{i}': base[i:] for i in range(40)}, zip_format))
+  assert 'more bytes than the file holds' in refused(path)
+  assert peak_bytes(lambda: torch_files.load_state_dict(path)) < 3 << 20
+
+
+@pytest.mark.parametrize('zip_format', [True, False], ids=['zip', 'legacy'])
+def test_tied_weights_are_read_once(tmp_path, zip_format):
+  # state_dict() detaches each name's tensor: one storage, two tensors, twice the bytes of the file if copied twice.
+  embedding, head = torch.nn.Embedding(1000, 64), torch.nn.Linear(64, 1000, bias=False)
+  head.weight = embedding.weight
+  path = tmp_path / 'tied.pth'
+  path.write_bytes(saved(torch.nn.ModuleDict({'embedding': embedding, 'head': head}).state_dict(), zip_format))
+  loaded = torch_files.load_state_dict(path)
+  assert list(loaded) == ['embedding.weight', 'head.weight']
+  np.testing.assert_array_equal(loaded['head.weight'], embedding.weight.detach().numpy())
+  assert loaded['head.weight'] is loaded['embedding.weight']
+
+
+@pytest.mark.parametrize(
+    'opcodes',
+    [b'r\x00\x00\x00\x01', b'B\x00\x00\x00\x40', b'\x96' + struct.pack('<Q', 1 << 28)],
+    ids=['memo_index', 'bytes_length', 'bytearray_length'],
+)
+@pytest.mark.parametrize('zip_format', [True, False], ids=['zip', 'legacy'])
+def test_numbers_in_a_pickle_allocate_nothing(tmp_path, opcodes, zip_format):
+  # pickle's C unpickler sizes its memo by the largest index (2**24 here: 256 MB, written through)
+  # and allocates a bytes object as long as declared (1 GiB here) before reading it; both
+  # unpicklers allocate a bytearray as long as declared (256 MB here; the Python one zeroes it).
+  state_pickle = b'\x80\x02}' + opcodes + b'.'
+  if zip_format:
+    content = rezipped(saved({}), {'data.pkl': state_pickle})
+  else:
+    content = legacy_file(state_pickle)
+  path = tmp_path / 'numbers.pth'
+  path.write_bytes(content)
+  assert peak_bytes(lambda: torch_files.load_state_dict(path)) < 1 << 20
+  if opcodes.startswith(b'r'):
+    assert torch_files.load_state_dict(path) == {}
+  else:
+    refused(path)
+
+
+def test_a_self_referencing_legacy_pickle_reads(tmp_path):
+  # Issue #22: this raised RecursionError.
+  state = {'w': torch.ones(2)}
+  state['self'] = state
+  (tmp_path / 'loop.pth').write_bytes(saved(state, zip_format=False))
+  loaded = torch_files.load_state_dict(tmp_path / 'loop.pth')
+  assert list(loaded) == ['w'] and loaded['w'].tolist() == [1, 1]
+
+
+@pytest.mark.parametrize(
+    'header',
+    [
+        '{"a": {"dtype": "F32", "shape": [1e400], "data_offsets": [0, 4]}}',
+        '{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "x": ' + '[' * 100_000 + ']' * 100_000 + '}}',
+        '{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "b": {"dtype": "F32", "shape": [1], '
+        '"data_offsets": [0, 4]}}',
+        '{"a\\nb": {"dtype": "X", "shape": [1], "data_offsets": [0, 4]}}',
+        '{"a": {"dtype": "F32", "shape": [-1, -1], "data_offsets": [0, 4]}}',
+        '{"a": {"dtype": "F32", "shape": [true], "data_offsets": [0, 4]}}',
+        '{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4.5]}}',
+        '{"a": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}}',
+        '{"a": [], "__metadata__": 3}',
+        '[1]',
+    ],
+    ids=['huge_number', 'deep', 'overlapping', 'newline', 'negative', 'bool', 'float', 'list', 'not_a_dict', 'array'],
+)
+def test_odd_safetensors_headers_are_refused_in_one_line(tmp_path, header):
+  # Issue #22: [1e400] raised OverflowError and deep nesting RecursionError; two names on the same bytes
+  # doubled them, and a name's newline reached the message.
+  encoded = header.encode()
+  path = tmp_path / 'odd.safetensors'
+  path.write_bytes(struct.pack('<Q', len(encoded)) + encoded + bytes(4))
+  refused(path)
 
 
 def test_reading_needs_no_torch(tmp_path):
