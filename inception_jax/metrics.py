@@ -34,12 +34,14 @@ import concurrent.futures
 import dataclasses
 import functools
 import hashlib
+import http.client
+import math
 import os
 import re
 import sys
 import tempfile
 import urllib.request
-import zipfile
+import warnings
 from typing import Any, Protocol
 
 import jax
@@ -48,7 +50,7 @@ import numpy as np
 from scipy.linalg import blas
 from scipy import special
 
-from inception_jax import convert, models, parallel, preprocess, torch_files
+from inception_jax import convert, models, npz, parallel, preprocess, torch_files
 from inception_jax.models.inception_v3 import FID_FEATURES
 
 FID_WEIGHTS_URL = (
@@ -60,6 +62,11 @@ METRICS = ('fid', 'is', 'kid')
 # torch-fidelity's defaults (defaults.py): isc_splits, kid_subsets, kid_subset_size, kid_degree,
 # kid_gamma (None: 1 / dims), kid_coef0, rng_seed.
 IS_SPLITS, KID_SUBSETS, KID_SUBSET_SIZE, KID_DEGREE, KID_COEF0, SEED = 10, 100, 1000, 3, 1, 2020
+# Budgets, checked before anything is decoded: a 0.5 MB PNG of 13,000^2 pixels decodes to 507 MB,
+# and pytorch-fid resizes every image to 299x299 anyway.
+MAX_IMAGE_PIXELS = 2**25  # 33.5 M pixels (8K UHD fits): 96 MiB decoded
+MAX_BATCH_PIXELS = 2**27  # 134 M pixels a batch: 384 MiB decoded, 1.5 GiB as float32 on the devices
+MAX_STATISTICS_DIMS = 8192  # a float64 sigma of 512 MiB; pytorch-fid's largest is 2048
 
 
 # Weights.
@@ -79,15 +86,25 @@ def fid_weights_file(cache_dir: str | None = None, url: str | None = None) -> st
   for folder in (os.path.join(torch_home, 'hub', 'checkpoints'), cache_dir):
     if os.path.isfile(os.path.join(folder, name)):
       return os.path.join(folder, name)
-  os.makedirs(cache_dir, exist_ok=True)
-  target = os.path.join(cache_dir, name)
-  fd, partial = tempfile.mkstemp(dir=cache_dir, prefix=name + '.', suffix='.partial')
+  try:
+    os.makedirs(cache_dir, exist_ok=True)
+    fd, partial = tempfile.mkstemp(dir=cache_dir, prefix=name + '.', suffix='.partial')
+  except OSError as e:
+    raise ValueError(
+        f'cannot make the cache folder {cache_dir} for {name} ({e.strerror}): set ${CACHE_ENV} to a folder '
+        f'you can write, or pass --weights=PATH/{name} (weights= in Python).'
+    ) from None
+  target, received = os.path.join(cache_dir, name), 0
   try:
     digest = hashlib.sha256()
     with os.fdopen(fd, 'wb') as f, urllib.request.urlopen(url, timeout=60) as response:
       while chunk := response.read(1 << 20):
         digest.update(chunk)
         f.write(chunk)
+        received += len(chunk)
+      size = response.headers.get('Content-Length', '')
+      if size.isdigit() and received < int(size):  # http.client can end a short body silently
+        raise http.client.IncompleteRead(b'', int(size) - received)
     # torch.hub's check: the hex digits after the last '-' of the name start the sha256.
     prefix = re.search(r'-([a-f0-9]+)\.', name)
     if prefix and not digest.hexdigest().startswith(prefix.group(1)):
@@ -96,7 +113,9 @@ def fid_weights_file(cache_dir: str | None = None, url: str | None = None) -> st
           'a damaged or different file; not kept.'
       )
     os.replace(partial, target)
-  except OSError as e:
+  except (OSError, http.client.HTTPException) as e:
+    if isinstance(e, http.client.IncompleteRead):
+      e = f'interrupted after {received + len(e.partial):,} bytes'
     raise ValueError(
         f'could not download {name} from {url} ({e}); fetch it elsewhere and pass '
         f'--weights=PATH/{name} (or weights= in Python).'
@@ -203,13 +222,43 @@ class Statistics:
 
   @classmethod
   def load(cls, path: str) -> Statistics:
-    with np.load(path, allow_pickle=False) as f:
-      if not {'mu', 'sigma'} <= set(f.files):
-        raise ValueError(f'{path} holds {sorted(f.files)}, not FID statistics (mu, sigma).')
-      mu, sigma = np.asarray(f['mu'], np.float64), np.asarray(f['sigma'], np.float64)
-      num_images = int(f['num_images']) if 'num_images' in f.files else None
-    if mu.ndim != 1 or sigma.shape != (mu.shape[0],) * 2:
-      raise ValueError(f'{path}: mu {mu.shape} and sigma {sigma.shape} are not a mean and its covariance.')
+    """A statistics file (pytorch-fid's or `save`'s), read by `npz.Archive` (no pickle; headers
+    checked before any data is read) and checked: a finite mean of at most MAX_STATISTICS_DIMS
+    dimensions, a finite symmetric covariance, and a count if any."""
+    with npz.Archive(path) as archive:
+      if not {'mu', 'sigma'} <= set(archive.keys):
+        raise ValueError(f'{path} holds {npz.short(sorted(archive.keys))}, not FID statistics (mu, sigma).')
+      mu, sigma = archive.header('mu'), archive.header('sigma')
+      count = archive.header('num_images') if 'num_images' in archive.keys else None
+      if not (
+          mu.dtype.kind in 'fiu' and sigma.dtype.kind in 'fiu' and len(mu.shape) == 1 and sigma.shape == mu.shape * 2
+      ):
+        raise ValueError(
+            f'{path}: mu ({npz.short(mu.dtype)} {npz.short(mu.shape)}) and sigma ({npz.short(sigma.dtype)} '
+            f'{npz.short(sigma.shape)}) are not a mean and its covariance.'
+        )
+      if not 0 < mu.shape[0] <= MAX_STATISTICS_DIMS:
+        raise ValueError(
+            f'{path}: {mu.shape[0]}-d statistics, not between 1 and the budget of {MAX_STATISTICS_DIMS} dimensions; '
+            "pytorch-fid's are 64-, 192-, 768- or 2048-d."
+        )
+      if count is not None and (count.shape != () or count.dtype.kind not in 'iu'):
+        raise ValueError(
+            f'{path}: num_images is {npz.short(count.dtype)} of shape {npz.short(count.shape)}, not a count; write the file '
+            'with Statistics.save, or without num_images.'
+        )
+      mu, sigma = (np.asarray(archive.read(key), np.float64) for key in ('mu', 'sigma'))
+      num_images = None if count is None else int(archive.read('num_images'))
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+      raise ValueError(f'{path}: mu or sigma holds NaN or infinity; compute the statistics again (--save_stats).')
+    asymmetry = np.abs(sigma - sigma.T).max()
+    if asymmetry > 1e-6 * np.abs(sigma).max():  # float64 round-off is 1e-16 of it
+      raise ValueError(
+          f'{path}: sigma is not symmetric (|sigma - sigma.T| up to {asymmetry:.3g}), so not a covariance; '
+          'compute the statistics again (--save_stats).'
+      )
+    if num_images is not None and num_images < 0:
+      raise ValueError(f'{path}: num_images is {num_images}, not a count.')
     return cls(mu, sigma, num_images)
 
 
@@ -370,7 +419,14 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   device = jax.local_devices(backend='cpu' if jax.default_backend() == 'tpu' else None)[0]
   with jax.enable_x64(True):
     args = [jax.device_put(np.asarray(a, np.float64), device) for a in (mu1, sigma1, mu2, sigma2)]
-    return float(_frechet(*args))
+    distance = float(_frechet(*args))
+  if not math.isfinite(distance):
+    largest = max(np.abs(a).max() for a in (mu1, sigma1, mu2, sigma2))
+    raise ValueError(
+        f'the Fréchet distance is {distance}: statistics with entries up to {largest:.3g} overflow float64; '
+        'check that both are FID statistics.'
+    )
+  return distance
 
 
 def fid(stats1: Statistics, stats2: Statistics) -> float:
@@ -457,8 +513,8 @@ def _threads() -> concurrent.futures.ThreadPoolExecutor:
 
 class FolderImages:
   """The images of a folder, as pytorch-fid finds (`*.EXT` for its extensions, sorted) and reads them
-  (PIL, `convert('RGB')`). Every header is read up front, so an unreadable file or a size that
-  differs is reported before any work."""
+  (PIL, `convert('RGB')`). Every header is read up front, so an unreadable file, one that is not
+  a regular file (a FIFO would block) or a size that differs is reported before any work."""
 
   def __init__(self, path: str):
     import pathlib  # pylint: disable=g-import-not-at-top
@@ -468,7 +524,11 @@ class FolderImages:
     self.files = sorted(file for ext in IMAGE_EXTENSIONS for file in folder.glob(f'*.{ext}'))
     if not self.files:
       raise ValueError(f'{path} holds no images (pytorch-fid reads *.{", *.".join(IMAGE_EXTENSIONS)}).')
-    sizes = list(_threads().map(_image_size, self.files))
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+
+    with warnings.catch_warnings():  # PIL's warning from 89 M pixels: _check_pixels refuses them all
+      warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+      sizes = list(_threads().map(_image_size, self.files))
     for file, size in zip(self.files, sizes):
       if size != sizes[0]:
         raise ValueError(
@@ -489,53 +549,62 @@ class FolderImages:
 def _image_size(file) -> tuple[int, int]:
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
-  try:
-    with Image.open(file) as image:
-      return image.size
-  except Exception as e:  # PIL raises several types for damaged files
-    raise ValueError(f'cannot read image {file}: {type(e).__name__}: {e}') from None
+  with npz.open_regular(file) as f:
+    try:
+      with Image.open(f) as image:
+        return image.size
+    except Exception as e:  # PIL raises several types for damaged files
+      raise ValueError(f'cannot read image {file}: {type(e).__name__}: {e}') from None
 
 
 def _decode(file) -> np.ndarray:
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
-  try:
-    with Image.open(file) as image:
-      return np.asarray(image.convert('RGB'))
-  except Exception as e:
-    raise ValueError(f'cannot read image {file}: {type(e).__name__}: {e}') from None
+  with npz.open_regular(file) as f:
+    try:
+      with Image.open(f) as image:
+        return np.asarray(image.convert('RGB'))
+    except Exception as e:
+      raise ValueError(f'cannot read image {file}: {type(e).__name__}: {e}') from None
 
 
 class NpzImages:
   """`arr_0` of an .npz (NHWC uint8, as the ADM / guided-diffusion sample and reference batches),
-  streamed from the archive a batch at a time: memory does not grow with the file."""
+  streamed from the archive a batch at a time: memory does not grow with the file. Read by
+  `npz.Archive`: the header is checked against the archive before any image is decompressed."""
 
   def __init__(self, path: str):
     self.name = path
-    shape, fortran, dtype = self._open()
-    if dtype != np.uint8 or len(shape) != 4 or shape[-1] not in (1, 3) or fortran:
-      raise ValueError(f'{path}: arr_0 is {dtype} of shape {shape}; expected NHWC uint8 images with 1 or 3 channels.')
+    self._archive = npz.Archive(path)
+    header = self._archive.header('arr_0')
+    shape = header.shape
+    if (
+        header.dtype != np.uint8
+        or len(shape) != 4
+        or shape[-1] not in (1, 3)
+        or 0 in shape[1:3]
+        or header.fortran_order
+    ):
+      self._archive.close()
+      raise ValueError(
+          f'{path}: arr_0 is {npz.short(header.dtype)} of shape {npz.short(shape)}{" in Fortran order" * header.fortran_order}; '
+          'expected NHWC uint8 images with 1 or 3 channels.'
+      )
     self.num_images, self._shape = shape[0], shape[1:]
     self.image_shape = (*shape[1:3], 3)
-
-  def _open(self):
-    self._zip = zipfile.ZipFile(self.name)
-    self._file, self._next = self._zip.open('arr_0.npy'), 0
-    version = np.lib.format.read_magic(self._file)
-    read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}[version]
-    return read_header(self._file)  # shape, fortran order, dtype: a dtype with objects cannot be read
+    self._stream, self._next = None, 0
 
   def read(self, start: int, stop: int) -> np.ndarray:
-    if start < self._next:
-      self._open()
-    row = int(np.prod(self._shape))
-    while self._next < start:  # skip other processes' rows
-      skip = min(start - self._next, 256)
-      self._file.read(skip * row)
-      self._next += skip
-    data = self._file.read((stop - start) * row)
-    if len(data) != (stop - start) * row:
+    if stop > self.num_images:
       raise ValueError(f'{self.name}: arr_0 ends before image {stop} of {self.num_images}.')
+    if self._stream is None or start < self._next:
+      if self._stream is not None:
+        self._stream.close()
+      _, self._stream = self._archive.stream('arr_0')
+      self._next = 0
+    row = math.prod(self._shape)
+    self._stream.skip((start - self._next) * row)  # other processes' rows
+    data = self._stream.read((stop - start) * row)
     self._next = stop
     images = np.frombuffer(data, np.uint8).reshape(stop - start, *self._shape)
     return np.repeat(images, 3, axis=-1) if self._shape[-1] == 1 else images
@@ -597,23 +666,40 @@ class TfdsImages:
 def open_path(path: str) -> ImageSource | Statistics:
   """A folder of images, an .npz of statistics (mu, sigma) or of images (arr_0), or tfds:NAME[:SPLIT]."""
   if path.startswith('tfds:'):
-    return TfdsImages(path)
-  if os.path.isdir(path):
-    return FolderImages(path)
-  if not os.path.exists(path):
+    source = TfdsImages(path)
+  elif os.path.isdir(path):
+    source = FolderImages(path)
+  elif not os.path.exists(path):
     raise ValueError(f'{path}: no such file or folder.')
-  if path.endswith('.npz'):
-    try:
-      with np.load(path, allow_pickle=False) as f:
-        keys = set(f.files)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-      raise ValueError(f'cannot read {path}: {e}') from None
+  elif path.endswith('.npz'):
+    with npz.Archive(path) as archive:
+      keys = set(archive.keys)
     if {'mu', 'sigma'} <= keys:
       return Statistics.load(path)
-    if 'arr_0' in keys:
-      return NpzImages(path)
-    raise ValueError(f'{path} holds {sorted(keys)}: neither statistics (mu, sigma) nor images (arr_0).')
-  raise ValueError(f'{path} is not a folder of images, an .npz (statistics or images) or tfds:NAME[:SPLIT].')
+    if 'arr_0' not in keys:
+      raise ValueError(f'{path} holds {npz.short(sorted(keys))}: neither statistics (mu, sigma) nor images (arr_0).')
+    source = NpzImages(path)
+  else:
+    raise ValueError(f'{path} is not a folder of images, an .npz (statistics or images) or tfds:NAME[:SPLIT].')
+  _check_pixels(source)
+  return source
+
+
+def _check_pixels(source: ImageSource, batch_size: int = 1) -> None:
+  """Refuses images over MAX_IMAGE_PIXELS, and batches of min(batch_size, images) over
+  MAX_BATCH_PIXELS, from their shape: before any image is decoded."""
+  height, width, _ = source.image_shape
+  pixels, batch = height * width, min(batch_size, source.num_images)
+  if pixels > MAX_IMAGE_PIXELS:
+    raise ValueError(
+        f'{source.name}: images of {width}x{height} pixels are over the budget of {MAX_IMAGE_PIXELS:,} pixels per '
+        f'image ({3 * pixels / 2**20:,.0f} MiB each, decoded); pytorch-fid resizes them to 299x299: shrink them first.'
+    )
+  if batch * pixels > MAX_BATCH_PIXELS:
+    raise ValueError(
+        f'{source.name}: a batch of {batch} images of {width}x{height} pixels is {batch * pixels:,} pixels, over the '
+        f'budget of {MAX_BATCH_PIXELS:,}; pass --batch_size={MAX_BATCH_PIXELS // pixels} or less (batch_size= in Python).'
+    )
 
 
 def compute_statistics(
@@ -627,7 +713,9 @@ def compute_statistics(
 ) -> Statistics:
   """Statistics of every image of `source`, each counted once: global batches of `batch_size`
   (no more than the images, rounded up to a multiple of the devices; the last one padded and
-  masked), each process reading its rows of each, the next batch read while one runs."""
+  masked), each process reading its rows of each, the next batch read while one runs. Batches over
+  MAX_BATCH_PIXELS are refused."""
+  _check_pixels(source, batch_size)
   n, devices, processes = source.num_images, extract.mesh.devices.size, jax.process_count()
   global_batch = -(-min(batch_size, n) // devices) * devices
   local = global_batch // processes
@@ -698,8 +786,10 @@ def calculate_metrics(
     raise ValueError(f'--dims must be one of {sorted(FID_FEATURES)}, got {dims}.')
   sides = [open_path(p) for p in paths]  # every path checked before any work
   for path, side in zip(paths, sides):
-    if not isinstance(side, Statistics) and side.num_images < 2:
-      raise ValueError(f'{path}: FID statistics need at least 2 images, got {side.num_images}.')
+    if not isinstance(side, Statistics):
+      if side.num_images < 2:
+        raise ValueError(f'{path}: FID statistics need at least 2 images, got {side.num_images}.')
+      _check_pixels(side, batch_size)
     if isinstance(side, Statistics) and side.dims != dims and not all(isinstance(s, Statistics) for s in sides):
       raise ValueError(f'{path} holds {side.dims}-d statistics, but --dims={dims}.')
     if isinstance(side, Statistics) and ('kid' in metrics or ('is' in metrics and side is sides[0])):
@@ -759,6 +849,7 @@ def save_statistics(
     raise ValueError(f'{path} already holds statistics.')
   if source.num_images < 2:
     raise ValueError(f'{path}: FID statistics need at least 2 images, got {source.num_images}.')
+  _check_pixels(source, batch_size)
   model, variables = load_fid_inception(weights)
   extractor = Extractor(model, variables, dims=dims, mesh=parallel.make_mesh(num_devices), resize=resize)
   stats = compute_statistics(source, extractor, batch_size=batch_size, progress=progress)

@@ -8,8 +8,11 @@
 A PATH is a folder of images (read as pytorch-fid reads them), an .npz of statistics (mu,
 sigma) or of images (arr_0, NHWC uint8), or tfds:NAME[:SPLIT]. --weights takes pytorch-fid's
 weight file or a folder from scripts.convert_weights; without it, pytorch-fid's file is
-downloaded once (sha256-checked) into ~/.cache/inception_jax. Errors in the input are one
-line on stderr and exit status 1. With --json the last line of stdout is one JSON object.
+downloaded once (sha256-checked) into ~/.cache/inception_jax ($INCEPTION_JAX_CACHE). Errors in
+the input are one line on stderr and exit status 1: among them images over 33.5 M pixels or
+batches over 134 M (metrics.MAX_IMAGE_PIXELS, MAX_BATCH_PIXELS; a smaller --batch_size fits),
+anything but a regular file, and .npz files whose members are not what their headers declare.
+With --json the last line of stdout is one JSON object.
 
 --benchmark prints JSON lines: feature extraction images/s of the jitted step against
 pytorch-fid's network in PyTorch eager (scripts/torch_refs; needs the test extra), the same
