@@ -14,6 +14,7 @@ resumes.
 import logging as std_logging
 import os
 import re
+import signal
 import sys
 import threading
 import traceback
@@ -63,15 +64,17 @@ def run(default_config: str, default_workdir: str) -> None:
       # After a failed restore, Orbax's abandoned reads print "Exception ignored in ...: Event loop
       # is closed" tracebacks as the interpreter exits: ignored by definition, and not the error.
       sys.unraisablehook = lambda unraisable: None
-    # Imported here: TensorFlow's import writes 4 lines to stderr, before a config error's one line.
-    from inception_jax import train  # pylint: disable=g-import-not-at-top
-
     try:
+      # Imported here: TensorFlow's import writes 4 lines to stderr, before a config error's one line.
+      from inception_jax import train  # pylint: disable=g-import-not-at-top
+
       parallel.initialize_distributed(coordinator.value, num_processes.value, process_id.value, auto=auto.value)
-      train.train_and_evaluate(config.value, workdir.value)
+      train.train_and_evaluate(config.value, workdir.value)  # from its start, signals are its own
     except interrupts.StopRequested as e:
       logging.warning('%s', e)
       sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C while importing or joining the other processes: nothing to save
+      _exit_with('Stopped by SIGINT before training started; nothing to save.', 128 + signal.SIGINT)
     except Exception as e:  # pylint: disable=broad-except
       if flags.FLAGS.verbosity >= 1:
         raise

@@ -236,3 +236,34 @@ def test_sigint_with_several_processes_and_no_preemption_service_is_taken_not_fa
   """
   status, out, _ = run_script(code, signal.SIGINT)
   assert status == 0 and f'received {int(signal.SIGINT)}' in out, (status, out)
+
+
+def test_ctrl_c_while_the_command_prepares_the_dataset_is_one_line(tmp_path):
+  # A first run prepares MNIST with TFDS (here into an empty data_dir, from TFDS_MANUAL_DIR).
+  from conftest import tiny_flags
+
+  process = subprocess.Popen(
+      [
+          sys.executable,
+          '-m',
+          'experiments.mnist_inception',
+          f'--workdir={tmp_path / "run"}',
+          f'--config.data_dir={tmp_path / "tfds"}',
+          *tiny_flags(),
+      ],
+      cwd=ROOT,
+      stderr=subprocess.PIPE,
+      text=True,
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a shell starts it
+  )
+  seen = ''
+  while 'Generating splits' not in seen:  # TFDS's progress bar: preparation has begun
+    char = process.stderr.read(1)
+    assert char, seen[-3000:]
+    seen += char
+  process.send_signal(signal.SIGINT)
+  rest = process.communicate(timeout=120)[1]
+  assert process.returncode == 130, (seen + rest)[-3000:]
+  assert 'Traceback' not in rest and 'KeyboardInterrupt' not in rest, rest[-3000:]
+  assert 'Stopped by SIGINT before training started' in rest, rest[-3000:]
+  assert not (tmp_path / 'run' / 'checkpoints').exists() or not os.listdir(tmp_path / 'run' / 'checkpoints')
