@@ -111,10 +111,11 @@ def damage(step_dir, how):
     raise ValueError(how)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def finished_run(tmp_path_factory):
   """A tiny 6-step run (checkpoints at 3 and 6), to copy and damage or resume: its workdir,
-  final parameters and fc1 kernel's Adam moment."""
+  final parameters and fc1 kernel's Adam moment. One per pytest-xdist worker, shared by the
+  test files: tests copy its workdir before they change anything."""
   from inception_jax import train
 
   workdir = tmp_path_factory.mktemp('finished')
