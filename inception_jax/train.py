@@ -227,14 +227,23 @@ def eval_steps(state: TrainState, batches: dict[str, jax.Array]) -> dict[str, ja
 class JsonlWriter(metric_writers.interface.MetricWriter):
   """Scalars as one JSON object per line, for scripts and plots."""
 
-  def __init__(self, path: str, start_step: int = 0):
-    """Appends to `path`. A resumed run logs the steps after `start_step` again, so their
-    lines (and a line cut short by a kill) first move to a side file beside it,
-    `metrics.after_<start_step>.<time>.jsonl`: nothing logged is ever deleted."""
+  def __init__(self, path: str, start_step: int = 0, redo_eval: bool = False):
+    """Appends to `path`. A resumed run logs the steps after `start_step` again (and the
+    evaluation of `start_step` itself if `redo_eval`), so those lines, and a line cut short by
+    a kill, first move to a side file beside it, `metrics.after_<start_step>.<time>.jsonl`:
+    nothing logged is ever deleted, and `path` holds every step once."""
+
+    def superseded(line: str) -> bool:
+      try:
+        logged = json.loads(line)
+        return logged['step'] > start_step or (redo_eval and logged['step'] == start_step and _is_eval(logged))
+      except (ValueError, KeyError, TypeError):  # a line cut short by a kill
+        return True
+
     if os.path.exists(path):
       with open(path) as f:
         lines = f.readlines()
-      later = [line for line in lines if _logged_step(line) > start_step]
+      later = [line for line in lines if superseded(line)]
       if later:
         stem = os.path.splitext(path)[0]
         with open(f'{stem}.after_{start_step}.{time.strftime("%Y%m%d-%H%M%S")}.jsonl', 'a') as f:
@@ -242,7 +251,7 @@ class JsonlWriter(metric_writers.interface.MetricWriter):
           f.flush()
           os.fsync(f.fileno())
         with open(path + '.tmp', 'w') as f:
-          f.writelines(line for line in lines if _logged_step(line) <= start_step)
+          f.writelines(line for line in lines if not superseded(line))
         os.replace(path + '.tmp', path)
     self._file = open(path, 'a')
 
@@ -281,21 +290,18 @@ class JsonlWriter(metric_writers.interface.MetricWriter):
     self._file.close()
 
 
-def _logged_step(line: str) -> float:
-  try:
-    return json.loads(line)['step']
-  except (ValueError, KeyError, TypeError):  # a line cut short by a kill
-    return float('inf')
+def _is_eval(logged: dict) -> bool:
+  return any(key.startswith('eval_') for key in logged)
 
 
-def create_writer(workdir: str, start_step: int = 0) -> metric_writers.MetricWriter:
+def create_writer(workdir: str, start_step: int = 0, redo_eval: bool = False) -> metric_writers.MetricWriter:
   """TensorBoard events and metrics.jsonl in `workdir` (process 0 only; the loop logs its own lines)."""
   if jax.process_index() > 0:
     return metric_writers.MultiWriter([])
   return metric_writers.MultiWriter(
       [
           metric_writers.SummaryWriter(workdir),
-          JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), start_step),
+          JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), start_step, redo_eval),
       ]
   )
 
@@ -500,7 +506,7 @@ def _train(config, state, step, train_seconds, record, steps, run_eval, inputs, 
       flush_metrics(step)
     if save:
       hostmem.release_freed_memory()  # the steps' temporaries make room for the checkpoint's host copy
-      meta = record | {'train_seconds': train_seconds, 'eval_pending': eval_pending}
+      meta = record | {'train_seconds': train_seconds, 'eval_pending': eval_pending or last}
       try:
         checkpointer.save(step, state, meta)
       except ckpt.NonFiniteStateError as e:
@@ -647,7 +653,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
         config.global_batch_size,
         workdir,
     )
-    writer = create_writer(workdir, step)
+    # A checkpoint saved before its step's evaluation ran (a signal stopped it, or the final one
+    # comes next) evaluates that step again: its earlier line, if any, moves aside.
+    eval_pending = bool(meta.get('eval_pending'))
+    writer = create_writer(workdir, step, redo_eval=eval_pending)
     if step == 0:
       writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
 
@@ -674,7 +683,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
       return metrics
 
     train_seconds = float(meta.get('train_seconds', 0.0))
-    if meta.get('eval_pending'):  # stopped during this step's evaluation
+    if eval_pending and step < config.num_train_steps:  # stopped during this step's evaluation
       signals.training()
       if run_eval(state, step) is None:
         raise _stopped(signals, checkpointer, step)
@@ -696,6 +705,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     eval_metrics = run_eval(state, step)
     if eval_metrics is None:
       raise _stopped(signals, checkpointer, step)
+    final = {
+        'test_accuracy': eval_metrics['accuracy'],
+        'test_top5_accuracy': eval_metrics['top5_accuracy'],
+        'test_loss': eval_metrics['loss'],
+        'step': step,
+        'train_seconds': round(train_seconds, 2),
+        'num_params': num_params,
+        'model': config.model.name,
+        'devices': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
+    }
+    if jax.process_index() == 0:  # whole or not at all, still under the signal handlers
+      path = os.path.join(workdir, 'final_metrics.json')
+      with open(path + '.tmp', 'w') as f:
+        json.dump(final, f, indent=2)
+      os.replace(path + '.tmp', path)
   finally:
     if writer is not None:
       writer.close()
@@ -703,19 +727,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
       checkpointer.close()
     signals.__exit__()
 
-  final = {
-      'test_accuracy': eval_metrics['accuracy'],
-      'test_top5_accuracy': eval_metrics['top5_accuracy'],
-      'test_loss': eval_metrics['loss'],
-      'step': step,
-      'train_seconds': round(train_seconds, 2),
-      'num_params': num_params,
-      'model': config.model.name,
-      'devices': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
-  }
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
-      json.dump(final, f, indent=2)
   logging.info(
       'Done: test accuracy %.4f (top-5 %.4f), loss %.4f after %d steps, %.0f s of training. Files in %s: '
       'final_metrics.json, metrics.jsonl, TensorBoard events, checkpoints/.',

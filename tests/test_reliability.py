@@ -265,3 +265,29 @@ def test_ctrl_c_while_the_command_prepares_the_dataset_is_one_line(tmp_path):
   assert 'Traceback' not in rest and 'KeyboardInterrupt' not in rest, rest[-3000:]
   assert 'Stopped by SIGINT before training started' in rest, rest[-3000:]
   assert not (tmp_path / 'run' / 'checkpoints').exists() or not os.listdir(tmp_path / 'run' / 'checkpoints')
+
+
+def test_evaluations_are_logged_once_however_often_a_run_is_restarted(tmp_path, make_config, finished_run):
+  # A finished run started again evaluates again: its final evaluation is logged once.
+  workdir = copy_of(finished_run, tmp_path)
+  train.train_and_evaluate(make_config(), str(workdir))
+  assert [l['step'] for l in metrics_lines(workdir) if 'eval_accuracy' in l] == [6]
+
+  # Stopped during step 3's evaluation, then killed after evaluating it on resume (before the
+  # next checkpoint), then resumed again: step 3's evaluation is logged once.
+  config = make_config(steps_per_loop=1, eval_every_steps=3)
+  evaluate = train.evaluate
+
+  def signal_then_evaluate(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return evaluate(*args, **kwargs)
+
+  with mock.patch.object(train, 'evaluate', signal_then_evaluate), pytest.raises(interrupts.StopRequested):
+    train.train_and_evaluate(config, str(tmp_path / 'b'))
+  with (
+      mock.patch.object(checkpoint.Checkpointer, 'save', side_effect=RuntimeError('killed')),
+      pytest.raises(RuntimeError),
+  ):
+    train.train_and_evaluate(config, str(tmp_path / 'b'))
+  train.train_and_evaluate(config, str(tmp_path / 'b'))
+  assert [l['step'] for l in metrics_lines(tmp_path / 'b') if 'eval_accuracy' in l] == [3, 6]
