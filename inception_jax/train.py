@@ -506,7 +506,7 @@ def _train(config, state, step, train_seconds, record, steps, run_eval, inputs, 
       flush_metrics(step)
     if save:
       hostmem.release_freed_memory()  # the steps' temporaries make room for the checkpoint's host copy
-      meta = record | {'train_seconds': train_seconds, 'eval_pending': eval_pending or last}
+      meta = record | {'train_seconds': train_seconds, 'eval_pending': eval_pending}
       try:
         checkpointer.save(step, state, meta)
       except ckpt.NonFiniteStateError as e:
@@ -653,10 +653,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
         config.global_batch_size,
         workdir,
     )
-    # A checkpoint saved before its step's evaluation ran (a signal stopped it, or the final one
-    # comes next) evaluates that step again: its earlier line, if any, moves aside.
+    # A step whose evaluation a signal stopped, and a finished run's last step, are evaluated
+    # again: an earlier line of that evaluation moves aside.
     eval_pending = bool(meta.get('eval_pending'))
-    writer = create_writer(workdir, step, redo_eval=eval_pending)
+    writer = create_writer(workdir, step, redo_eval=eval_pending or step >= config.num_train_steps)
     if step == 0:
       writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
 
@@ -683,7 +683,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
       return metrics
 
     train_seconds = float(meta.get('train_seconds', 0.0))
-    if eval_pending and step < config.num_train_steps:  # stopped during this step's evaluation
+    if eval_pending:  # a signal stopped this step's evaluation
       signals.training()
       if run_eval(state, step) is None:
         raise _stopped(signals, checkpointer, step)
