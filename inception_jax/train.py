@@ -499,9 +499,9 @@ def _train(config, state, step, train_seconds, record, steps, run_eval, inputs, 
       flush_metrics(step)  # also guards the checkpoint against non-finite losses
       checkpointer.check_for_errors()  # a background save that failed says so now
     train_seconds += time.perf_counter() - start
-    evaluate = config.eval_every_steps > 0 and step % config.eval_every_steps == 0 and not last
-    eval_pending = evaluate and stop
-    if evaluate and not stop and run_eval(state, step) is None:  # a signal during the evaluation
+    eval_due = config.eval_every_steps > 0 and step % config.eval_every_steps == 0 and not last
+    eval_pending = eval_due and stop
+    if eval_due and not stop and run_eval(state, step) is None:  # a signal during the evaluation
       eval_pending = stop = save = True
       flush_metrics(step)
     if save:

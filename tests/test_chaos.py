@@ -2,7 +2,7 @@
 during an evaluation, with its newest checkpoint's metadata overwritten, and refused (a read
 error of the environment, a changed seed) ends bit-identical to an uninterrupted one, with
 every step logged once and nothing deleted (`scripts.chaos` does more on the default network,
-kills at random moments too: README, "Interruptions and failures")."""
+kills at random moments too: docs/reliability.md)."""
 
 from conftest import tiny_flags
 
