@@ -80,22 +80,14 @@ def write_seeds(directory) -> None:
 
   from inception_jax import torch_files  # pylint: disable=g-import-not-at-top
 
+  from test_convert import awkward_state_dict  # pylint: disable=g-import-not-at-top
+
   torch.manual_seed(0)
   base = torch.randn(6, 5)
-  state = collections.OrderedDict(
-      [
-          ('conv.weight', torch.randn(4, 3, 2, 2)),
-          ('transposed', base.t()),  # a strided view
-          ('rows', base[2:]),  # an offset view of the same storage
-          ('scalar', torch.tensor(3.5)),
-          ('bn.num_batches_tracked', torch.tensor(7)),
-          ('half', torch.randn(3).half()),
-          ('bfloat', torch.randn(3).bfloat16()),
-          # Stride 0: a size edit away from tensors of any size.
-          ('repeated', torch.arange(8)[:1].expand(4)),
-          ('repeated_rows', base[:1].expand(3, 5)),
-      ]
-  )
+  state = awkward_state_dict()
+  del state['parameter']  # requires grad: no .numpy() below
+  # Stride 0: a size edit away from tensors of any size.
+  state |= {'repeated': torch.arange(8)[:1].expand(4), 'repeated_rows': base[:1].expand(3, 5)}
   torch.save(state, os.path.join(directory, 'zip.pth'))
   torch.save(state, os.path.join(directory, 'legacy.pth'), _use_new_zipfile_serialization=False)
   arrays = {
