@@ -7,13 +7,13 @@ Variants (googlenet, inception_v3, any registered model, synthetic), their recip
 reference results they aim at: experiments/configs/imagenet_inception.py. Running it again
 with the same workdir resumes from the latest checkpoint.
 
-Several hosts: the multi-process flags of experiments/main.py (README, "Scaling out").
+Several hosts: the multi-process flags of experiments/main.py (docs/scaling.md).
 """
 
 if __name__ == '__main__':
   from inception_jax import hostmem
 
-  hostmem.keep_freed_memory()  # first, before jax or TensorFlow allocates: README, "Host memory"
+  hostmem.keep_freed_memory()  # first, before jax or TensorFlow allocates: docs/performance.md, "Host memory"
   from experiments import main
 
   main.run('experiments/configs/imagenet_inception.py:googlenet', '/tmp/imagenet_inception')

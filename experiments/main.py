@@ -2,7 +2,7 @@
 
 Several hosts: start the same command once per process, with the same workdir on a shared
 filesystem and --coordinator_address=HOST:PORT (process 0's) --num_processes=N
---process_id=I, or --auto_distributed where JAX detects the cluster (README, "Scaling out").
+--process_id=I, or --auto_distributed where JAX detects the cluster (docs/scaling.md).
 
 Every failure ends in one line on stderr, `error: ...`, and exit status 1 (2 for a bad
 flag or config file); `--verbosity=1` shows the traceback instead, and the libraries' INFO

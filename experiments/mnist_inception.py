@@ -5,14 +5,14 @@
 
 Running it again with the same workdir resumes from the latest checkpoint. Offline, point
 TFDS at the four MNIST files with TFDS_MANUAL_DIR=../shared/data/mnist (or
---config.manual_dir). Results and timings: README.md. Several processes: the multi-process
-flags of experiments/main.py (README, "Scaling out").
+--config.manual_dir). Results and timings: docs/training.md. Several processes: the multi-process
+flags of experiments/main.py (docs/scaling.md).
 """
 
 if __name__ == '__main__':
   from inception_jax import hostmem
 
-  hostmem.keep_freed_memory()  # first, before jax or TensorFlow allocates: README, "Host memory"
+  hostmem.keep_freed_memory()  # first, before jax or TensorFlow allocates: docs/performance.md, "Host memory"
   from experiments import main
 
   main.run('experiments/configs/mnist_inception.py', '/tmp/mnist_inception')

@@ -1,6 +1,6 @@
 """The configs: one schema (default.py) that every experiment derives from, the overrides the
-README shows, through the real flag parser, values derived from the batch size, and the
-command line's one-line errors for a config file that fails."""
+README and docs/training.md show, through the real flag parser, values derived from the batch
+size, and the command line's one-line errors for a config file that fails."""
 
 import subprocess
 import sys
@@ -16,7 +16,7 @@ from inception_jax import train
 
 MNIST = 'experiments/configs/mnist_inception.py'
 IMAGENET = 'experiments/configs/imagenet_inception.py'
-# Every override the README shows, with the field it sets and the value expected.
+# Every override the README and docs/training.md show, with the field it sets and the value expected.
 OVERRIDES = [
     ('--config.global_batch_size=256', 'global_batch_size', 256),
     ('--config.learning_rate=2e-3', 'learning_rate', 2e-3),

@@ -6,7 +6,7 @@ Variants, selected as `--config=experiments/configs/mnist_inception.py:VARIANT`:
     python -m experiments.mnist_inception --workdir=/tmp/mnist_inception
   One epoch at batch 128, chosen on a validation split (train[55000:], held out from
   training). Measured on 2 CPU cores (AMD EPYC, no GPU), data preparation and compilation
-  included: 12 min 10 s, 99.06% test accuracy, 4.75 GiB peak memory (README's results table).
+  included: 12 min 10 s, 99.06% test accuracy, 4.75 GiB peak memory (docs/training.md's results table).
 
 - `paper`: seed 000's exact recipe: batch 50, Adam at a constant 1e-4, 20,000 steps,
   dropout 0.5, no schedule.
@@ -34,7 +34,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.global_batch_size = 128
   config.eval_batch_size = 250  # an evaluation step's buffers fit where a training step's were
   config.num_train_steps = 470  # 1.003 epochs: what fits in 15 minutes on 2 CPU cores
-  config.steps_per_loop = 10  # one set of step buffers serves 10 steps (README, "Host memory")
+  config.steps_per_loop = 10  # one set of step buffers serves 10 steps (docs/performance.md, "Host memory")
 
   config.optimizer = 'adam'
   config.learning_rate = 2e-3  # peak
@@ -47,7 +47,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 200
   config.keep_checkpoints = 2
   # Written before training goes on: a background write's 1.7 GB host copy beside the next
-  # steps' buffers made the default run peak at 7.4 GiB; 4.7 GiB without (README, "Host memory").
+  # steps' buffers made the default run peak at 7.4 GiB; 4.7 GiB without (docs/performance.md, "Host memory").
   config.async_checkpoints = False
 
   if variant == 'paper':
