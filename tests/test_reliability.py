@@ -21,17 +21,13 @@ import pytest
 
 from conftest import ROOT, damage, metrics_lines, params_of
 from inception_jax import checkpoint, interrupts, parallel, train
+from scripts import chaos
 
 
 def copy_of(finished_run, tmp_path) -> pathlib.Path:
   workdir = tmp_path / 'run'
   shutil.copytree(finished_run[0], workdir)
   return workdir
-
-
-def snapshot(workdir) -> dict[str, bytes]:
-  """Every file under `workdir`, by relative path (what a user had)."""
-  return {str(p.relative_to(workdir)): p.read_bytes() for p in sorted(workdir.rglob('*')) if p.is_file()}
 
 
 def failing_once(error: BaseException, item: str = 'state'):
@@ -62,10 +58,10 @@ def test_a_read_error_of_the_environment_moves_nothing_and_the_rerun_resumes(
     tmp_path, make_config, finished_run, error
 ):
   workdir = copy_of(finished_run, tmp_path)
-  before = snapshot(workdir)
+  before = chaos.file_digests(workdir)
   with failing_once(error), pytest.raises(checkpoint.CheckpointReadError, match='step 6 .*nothing was moved'):
     train.train_and_evaluate(make_config(), str(workdir))
-  assert snapshot(workdir) == before  # no checkpoint moved, no metric line dropped, nothing written
+  assert chaos.file_digests(workdir) == before  # no checkpoint moved, no metric line dropped, nothing written
   again, final = train.train_and_evaluate(make_config(), str(workdir))
   assert final['step'] == 6 and not (workdir / 'checkpoints_set_aside').exists()
   jax.tree.map(np.testing.assert_array_equal, params_of(again), finished_run[1])
@@ -101,7 +97,7 @@ def test_metric_lines_past_the_restored_step_move_to_a_side_file_never_away(tmp_
 def test_a_resume_under_a_changed_config_is_refused_in_one_line_naming_the_fields(tmp_path, make_config, finished_run):
   workdir = copy_of(finished_run, tmp_path)
   shutil.rmtree(workdir / 'checkpoints' / '6')
-  before = snapshot(workdir)
+  before = chaos.file_digests(workdir)
   changed = make_config(global_batch_size=64, seed=1)
   with pytest.raises(train.ConfigChangedError) as refused:
     train.train_and_evaluate(changed, str(workdir))
@@ -109,7 +105,7 @@ def test_a_resume_under_a_changed_config_is_refused_in_one_line_naming_the_field
   assert '\n' not in message
   assert 'global_batch_size (checkpoint 32, now 64)' in message and 'seed (checkpoint 0, now 1)' in message
   assert '--config.allow_config_change=True' in message
-  assert snapshot(workdir) == before
+  assert chaos.file_digests(workdir) == before
   # A knowing change goes on (and operational fields may change anyway).
   _, final = train.train_and_evaluate(make_config(seed=1, allow_config_change=True, log_every_steps=3), str(workdir))
   assert final['step'] == 6
