@@ -233,7 +233,8 @@ def test_sigint_with_several_processes_and_no_preemption_service_is_taken_not_fa
 
 
 def test_ctrl_c_while_the_command_prepares_the_dataset_is_one_line(tmp_path):
-  # A first run prepares MNIST with TFDS (here into an empty data_dir, from TFDS_MANUAL_DIR).
+  # A first run prepares MNIST with TFDS into an empty data_dir: from TFDS_MANUAL_DIR's files, or
+  # by downloading them (offline, TFDS retries for minutes).
   from conftest import tiny_flags
 
   process = subprocess.Popen(
@@ -251,7 +252,7 @@ def test_ctrl_c_while_the_command_prepares_the_dataset_is_one_line(tmp_path):
       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a shell starts it
   )
   seen = ''
-  while 'Generating splits' not in seen:  # TFDS's progress bar: preparation has begun
+  while 'Generating splits' not in seen and 'Dl Completed' not in seen:  # TFDS's progress bars: it has begun
     char = process.stderr.read(1)
     assert char, seen[-3000:]
     seen += char
