@@ -365,7 +365,7 @@ def test_weights_download_once_checked_by_sha256_and_offline_error(tmp_path, mon
   for prefix in (digest[:8], '0123abcd'):
     (tmp_path / 'server').mkdir(exist_ok=True)
     (tmp_path / 'server' / f'pt_inception-{prefix}.pth').write_bytes(payload)
-    monkeypatch.setattr(metrics, 'FID_WEIGHTS_URL', (tmp_path / 'server' / f'pt_inception-{prefix}.pth').as_uri())
+    monkeypatch.setattr(metrics.weights, 'FID_WEIGHTS_URL', (tmp_path / 'server' / f'pt_inception-{prefix}.pth').as_uri())
     if prefix == digest[:8]:
       path = metrics.fid_weights_file(str(tmp_path / 'cache'))
       assert path == str(tmp_path / 'cache' / f'pt_inception-{prefix}.pth') and open(path, 'rb').read() == payload
@@ -375,7 +375,7 @@ def test_weights_download_once_checked_by_sha256_and_offline_error(tmp_path, mon
   assert sorted(os.listdir(tmp_path / 'cache')) == [f'pt_inception-{digest[:8]}.pth']  # nothing partial kept
 
   # Offline, no --weights: the error names the file and the flag (port 9 refuses connections).
-  monkeypatch.setattr(metrics, 'FID_WEIGHTS_URL', 'http://127.0.0.1:9/pt_inception-2015-12-05-6726825d.pth')
+  monkeypatch.setattr(metrics.weights, 'FID_WEIGHTS_URL', 'http://127.0.0.1:9/pt_inception-2015-12-05-6726825d.pth')
   monkeypatch.setenv(metrics.CACHE_ENV, str(tmp_path / 'empty_cache'))
   write_pngs(tmp_path / 'a', np.zeros((2, 8, 8, 3), np.uint8))
   assert run_cli(tmp_path / 'a', tmp_path / 'a') == 1
