@@ -1,12 +1,19 @@
-"""FID (pytorch-fid), Inception Score and KID (torch-fidelity) between two sets of images.
+"""FID (pytorch-fid), Inception Score and KID (torch-fidelity), the ADM evaluator's row and
+clean-fid's FID between two sets of images: PATH1 the samples, PATH2 the reference.
 
     python -m scripts.fid PATH1 PATH2 --weights=pt_inception-2015-12-05-6726825d.pth
     python -m scripts.fid PATH1 PATH2 --metrics=fid,is,kid --json      # IS of PATH1; KID needs images on both sides
+    python -m scripts.fid SAMPLES.npz REF.npz --suite=adm              # IS, FID, sFID, precision, recall as ADM prints them
+    python -m scripts.fid DIR1 DIR2 --preprocess=clean --metrics=fid,kid   # clean-fid's 'clean' mode
     python -m scripts.fid --save_stats PATH OUT.npz                    # pytorch-fid's --save-stats
+    python -m scripts.fid --save_stats REF_IMAGES REF.npz --suite=adm  # a reference batch in ADM's format
     python -m scripts.fid --benchmark [--batch_size=50] [--benchmark_image_size=256] [--benchmark_sizes=1000,4000]
 
 A PATH is a folder of images (read as pytorch-fid reads them), an .npz of statistics (mu,
-sigma) or of images (arr_0, NHWC uint8), or tfds:NAME[:SPLIT]. --weights takes pytorch-fid's
+sigma) or of images (arr_0, NHWC uint8; an ADM reference batch holds both), or
+tfds:NAME[:SPLIT]. --preprocess picks the tool whose preprocessing to match: pytorch_fid
+(default), tf1 (the ADM evaluator, TTUR, torch-fidelity) or clean (clean-fid); statistics files
+record it, and two made differently are not compared. --weights takes pytorch-fid's
 weight file or a folder from scripts.convert_weights; without it, pytorch-fid's file is
 downloaded once (sha256-checked) into ~/.cache/inception_jax ($INCEPTION_JAX_CACHE). Errors in
 the input are one line on stderr and exit status 1: among them images over 33.5 M pixels or
@@ -43,7 +50,16 @@ _WEIGHTS = flags.DEFINE_string(
 )
 _BATCH = flags.DEFINE_integer('batch_size', 50, 'Images per step over all devices (rounded up to a multiple of them).')
 _DIMS = flags.DEFINE_enum('dims', '2048', ['64', '192', '768', '2048'], "pytorch-fid's feature taps.")
-_METRICS = flags.DEFINE_list('metrics', ['fid'], 'Any of fid, is (of PATH1), kid.')
+_METRICS = flags.DEFINE_list(
+    'metrics', ['fid'], 'Any of fid, sfid, is (of PATH1), kid, pr (precision and recall of PATH1 against PATH2).'
+)
+_SUITE = flags.DEFINE_enum(
+    'suite', None, ['adm'], "adm: guided-diffusion's evaluator: its IS, FID, sFID, precision, recall (tf1)."
+)
+_PREPROCESS = flags.DEFINE_enum(
+    'preprocess', None, list(metrics.PREPROCESSING), 'Whose preprocessing: pytorch_fid (default), tf1, clean.'
+)
+_PR_BLOCK = flags.DEFINE_integer('pr_block_size', None, 'Precision/recall: rows and columns per distance block.')
 _JSON = flags.DEFINE_bool('json', False, 'Print the metrics as one JSON object.')
 _SAVE_STATS = flags.DEFINE_bool('save_stats', False, "Write the statistics of PATH to OUT.npz (pytorch-fid's format).")
 _IS_SPLITS = flags.DEFINE_integer('is_splits', metrics.IS_SPLITS, 'Inception Score splits (torch-fidelity: 10).')
@@ -62,7 +78,14 @@ _BENCHMARK_SIZES = flags.DEFINE_list(
 
 def main(argv) -> int:
   paths = argv[1:]
-  options = dict(weights=_WEIGHTS.value, batch_size=_BATCH.value, dims=int(_DIMS.value), num_devices=_NUM_DEVICES.value)
+  options = dict(
+      weights=_WEIGHTS.value,
+      batch_size=_BATCH.value,
+      dims=int(_DIMS.value),
+      num_devices=_NUM_DEVICES.value,
+      suite=_SUITE.value,
+      preprocess=_PREPROCESS.value,
+  )
   try:
     if _BENCHMARK.value:
       for line in benchmark(
@@ -79,7 +102,8 @@ def main(argv) -> int:
       if len(paths) != 2:
         raise ValueError(f'--save_stats takes PATH and OUT.npz, got {len(paths)} path(s).')
       stats = metrics.save_statistics(*paths, progress=True, **options)
-      print(f'wrote {paths[1]}: statistics of {stats.num_images} images, {stats.dims}-d')
+      what = 'images and statistics' if _SUITE.value else 'statistics'
+      print(f'wrote {paths[1]}: {what} of {stats.num_images} images, {stats.dims}-d, --preprocess={stats.preprocess}')
       return 0
     result = metrics.calculate_metrics(
         paths,
@@ -87,6 +111,7 @@ def main(argv) -> int:
         is_splits=_IS_SPLITS.value,
         kid_subsets=_KID_SUBSETS.value,
         kid_subset_size=_KID_SUBSET_SIZE.value,
+        pr_block_size=_PR_BLOCK.value,
         progress=True,
         **options,
     )
@@ -96,14 +121,19 @@ def main(argv) -> int:
   if _JSON.value:
     print(json.dumps(result))
   else:
-    names = {
+    names = {  # the ADM evaluator's words (evaluator.py L52-63), in its order
+        'inception_score': 'Inception Score',
         'fid': 'FID',
+        'sfid': 'sFID',
+        'precision': 'Precision',
+        'recall': 'Recall',
         'inception_score_mean': 'Inception Score',
         'inception_score_std': 'Inception Score std',
         'kid_mean': 'KID',
         'kid_std': 'KID std',
         'num_images_1': 'images (1)',
         'num_images_2': 'images (2)',
+        'preprocess': 'preprocess',
     }
     for key, value in result.items():
       print(f'{names[key]}: {value}')

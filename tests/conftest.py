@@ -121,3 +121,36 @@ def finished_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('finished')
   state, _ = train.train_and_evaluate(tiny_config(), str(workdir))
   return workdir, params_of(state), np.asarray(state.opt_state[0].mu['fc1']['kernel'])
+
+
+@pytest.fixture(scope='session')
+def network(tmp_path_factory):
+  """pytorch-fid's FID Inception with random weights (BatchNorm statistics calibrated on images,
+  so features do not vanish) in torch, the same in Flax, and as both kinds of --weights: the
+  .pth state_dict and a scripts.convert_weights folder."""
+  import types
+
+  import torch
+  from scripts.torch_refs import numpy_state_dict, randomize
+  from scripts.torch_refs import pytorch_fid_inception as fid_ref
+
+  from inception_jax import convert
+  from inception_jax.models import pretrained
+
+  torch.manual_seed(0)
+  calibration = 2 * torch.nn.functional.interpolate(torch.rand(2, 3, 40, 48), size=(299, 299), mode='bilinear') - 1
+  torch_network = randomize(fid_ref.fid_inception_v3(), calibration, seed=1)
+  model, variables, missing, unexpected = convert.convert_state_dict(
+      'inception_v3_fid', numpy_state_dict(torch_network), source='pytorch_fid'
+  )
+  assert missing == [] and unexpected == []
+  folder = tmp_path_factory.mktemp('weights')
+  torch.save(torch_network.state_dict(), folder / 'pt_inception-random.pth')
+  pretrained.save_pretrained(folder / 'converted', 'inception_v3_fid', convert.model_config(model), variables)
+  return types.SimpleNamespace(
+      torch=torch_network,
+      model=model,
+      variables=variables,
+      pth=str(folder / 'pt_inception-random.pth'),
+      converted=str(folder / 'converted'),
+  )

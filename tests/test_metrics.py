@@ -20,12 +20,10 @@ import torch
 from absl import flags
 import processes
 from PIL import Image
-from scripts.torch_refs import numpy_state_dict, randomize
 from scripts.torch_refs import pytorch_fid_inception as fid_ref
 from scripts.torch_refs import pytorch_fid_metrics as fid_score
 
-from inception_jax import convert, metrics, parallel
-from inception_jax.models import pretrained
+from inception_jax import metrics, parallel
 from scripts import fid as fid_script
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -53,29 +51,6 @@ def write_pngs(folder, images):
   for i, image in enumerate(images):
     Image.fromarray(image).save(folder / f'{i:03d}.png')
   return folder
-
-
-@pytest.fixture(scope='module')
-def network(tmp_path_factory):
-  """pytorch-fid's FID Inception with random weights in torch, the same in Flax, and as both
-  kinds of --weights: the .pth state_dict and a scripts.convert_weights folder."""
-  torch.manual_seed(0)
-  calibration = 2 * torch.nn.functional.interpolate(torch.rand(2, 3, 40, 48), size=(299, 299), mode='bilinear') - 1
-  torch_network = randomize(fid_ref.fid_inception_v3(), calibration, seed=1)
-  model, variables, missing, unexpected = convert.convert_state_dict(
-      'inception_v3_fid', numpy_state_dict(torch_network), source='pytorch_fid'
-  )
-  assert missing == [] and unexpected == []
-  folder = tmp_path_factory.mktemp('weights')
-  torch.save(torch_network.state_dict(), folder / 'pt_inception-random.pth')
-  pretrained.save_pretrained(folder / 'converted', 'inception_v3_fid', convert.model_config(model), variables)
-  return types.SimpleNamespace(
-      torch=torch_network,
-      model=model,
-      variables=variables,
-      pth=str(folder / 'pt_inception-random.pth'),
-      converted=str(folder / 'converted'),
-  )
 
 
 @pytest.fixture(scope='module')
@@ -196,7 +171,7 @@ class PixelFeatures:
   first `dims` pixel values."""
 
   def __init__(self, mesh, dims=12):
-    self.mesh, self.dims, self.logits = mesh, dims, True
+    self.mesh, self.dims, self.logits, self.spatial, self.preprocess = mesh, dims, True, False, 'pytorch_fid'
     rows = lambda x: x.reshape(x.shape[0], -1)[:, :dims].astype(np.float32)
     step = lambda x, n: {'features': rows(x), 'logits': 2 * rows(x), 'valid': np.arange(x.shape[0]) < n}
     self._step = jax.jit(step, out_shardings=parallel.batch_sharding(mesh))
@@ -275,7 +250,9 @@ def test_cli_json_save_stats_and_every_kind_of_path(network, folders, tmp_path, 
     return json.loads(capsys.readouterr().out.splitlines()[-1])
 
   direct = run(folders.a, folders.b)
-  assert set(direct) == {'fid', 'kid_mean', 'kid_std', 'num_images_1', 'num_images_2'} and direct['fid'] > 0
+  assert (
+      set(direct) == {'fid', 'kid_mean', 'kid_std', 'preprocess', 'num_images_1', 'num_images_2'} and direct['fid'] > 0
+  )
   assert (direct['num_images_1'], direct['num_images_2']) == (6, 6)
   assert run(folders.a, folders.b, weights=network.converted) == pytest.approx(direct, rel=1e-9)
   assert run_cli('--save_stats', folders.a, tmp_path / 'a.npz', '--dims=64', f'--weights={network.pth}') == 0
@@ -365,7 +342,9 @@ def test_weights_download_once_checked_by_sha256_and_offline_error(tmp_path, mon
   for prefix in (digest[:8], '0123abcd'):
     (tmp_path / 'server').mkdir(exist_ok=True)
     (tmp_path / 'server' / f'pt_inception-{prefix}.pth').write_bytes(payload)
-    monkeypatch.setattr(metrics.weights, 'FID_WEIGHTS_URL', (tmp_path / 'server' / f'pt_inception-{prefix}.pth').as_uri())
+    monkeypatch.setattr(
+        metrics.weights, 'FID_WEIGHTS_URL', (tmp_path / 'server' / f'pt_inception-{prefix}.pth').as_uri()
+    )
     if prefix == digest[:8]:
       path = metrics.fid_weights_file(str(tmp_path / 'cache'))
       assert path == str(tmp_path / 'cache' / f'pt_inception-{prefix}.pth') and open(path, 'rb').read() == payload
@@ -399,6 +378,20 @@ def run_independence(folder: str, weights: str) -> None:
       for i, source in enumerate(sources):
         stats = metrics.compute_statistics(metrics.open_path(source), extractor, batch_size=batch_size)
         stats.save(f'{folder}/{devices} devices, batch {batch_size}.{i}.npz')
+      # tf1 (the ADM evaluator's preprocessing) with every image's features and logits: IS, precision and recall.
+      extractor = metrics.Extractor(
+          model, variables, dims=768, mesh=parallel.make_mesh(devices), resize=False, logits=True, preprocess='tf1'
+      )
+      for i, source in enumerate(sources):
+        stats = metrics.compute_statistics(
+            metrics.open_path(source), extractor, batch_size=batch_size, keep_features=True, keep_logits=True
+        )
+        np.savez(
+            f'{folder}/tf1 {devices} devices, batch {batch_size}.{i}.npz',
+            features=stats.features,
+            logits=stats.logits,
+            **stats.arrays(),
+        )
   # A training loop's batches: global arrays already on the 8 devices, the last one partial.
   mesh = parallel.make_mesh(8)
   extractor = metrics.Extractor(model, variables, dims=768, mesh=mesh, resize=False)
@@ -415,8 +408,15 @@ def run_independence(folder: str, weights: str) -> None:
 
 def test_fid_does_not_depend_on_batch_size_devices_or_statistics_files(network, tmp_path):
   rng = np.random.default_rng(3)
-  np.savez(tmp_path / 'a.npz', rng.integers(0, 256, (10, 75, 75, 3), np.uint8))
-  np.savez(tmp_path / 'b.npz', rng.integers(40, 200, (10, 75, 75, 3), np.uint8))
+  # Half of each set from one distribution: precision and recall lie between 0 and 1.
+  np.savez(
+      tmp_path / 'a.npz',
+      np.concatenate([rng.integers(0, 256, (5, 75, 75, 3), np.uint8), rng.integers(0, 80, (5, 75, 75, 3), np.uint8)]),
+  )
+  np.savez(
+      tmp_path / 'b.npz',
+      np.concatenate([rng.integers(0, 256, (5, 75, 75, 3), np.uint8), rng.integers(40, 200, (5, 75, 75, 3), np.uint8)]),
+  )
   script = (
       f'import sys; sys.path.insert(0, {str(ROOT / "tests")!r}); import test_metrics; '
       f'test_metrics.run_independence({str(tmp_path)!r}, {network.converted!r})'
@@ -428,7 +428,7 @@ def test_fid_does_not_depend_on_batch_size_devices_or_statistics_files(network, 
   )
   run = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, env=env, cwd=ROOT)
   assert run.returncode == 0, run.stderr[-3000:]
-  names = sorted({p.name.rsplit('.', 2)[0] for p in tmp_path.glob('*.[01].npz')})
+  names = sorted({p.name.rsplit('.', 2)[0] for p in tmp_path.glob('*.[01].npz') if not p.name.startswith('tf1 ')})
   assert len(names) == 7, names
   fids = {
       name: metrics.fid(*[metrics.Statistics.load(str(tmp_path / f'{name}.{i}.npz')) for i in (0, 1)]) for name in names
@@ -437,6 +437,19 @@ def test_fid_does_not_depend_on_batch_size_devices_or_statistics_files(network, 
   assert reference > 0 and all(metrics.Statistics.load(str(tmp_path / f'{n}.0.npz')).num_images == 10 for n in names)
   for name, value in fids.items():
     assert value == pytest.approx(reference, rel=1e-6), name
+  # The ADM row's inputs under tf1: FID, IS, and precision/recall at two block sizes, on 1 and 8 devices.
+  tf1 = {name: [dict(np.load(tmp_path / f'tf1 {name}.{i}.npz')) for i in (0, 1)] for name in names if 'devices' in name}
+  assert len(tf1) == 6
+  row = lambda a, b, block: (
+      metrics.frechet_distance(a['mu'], a['sigma'], b['mu'], b['sigma']),
+      metrics.inception_score_adm(a['logits']),
+      *metrics.precision_recall(b['features'], a['features'], block_size=block),
+  )
+  expected = row(*tf1['1 devices, batch 64'], None)
+  assert expected[0] > 0 and 0 < expected[2] < 1 and 0 < expected[3] < 1 and expected[0] != pytest.approx(reference)
+  for name, (a, b) in tf1.items():
+    for block in (None, 3):
+      assert row(a, b, block) == pytest.approx(expected, rel=1e-6), (name, block)
 
 
 # Several processes: statistics and kept rows merge across jax.distributed processes.

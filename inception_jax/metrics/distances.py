@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 # torch-fidelity's defaults (defaults.py): isc_splits, kid_subsets, kid_subset_size, kid_degree,
 # kid_gamma (None: 1 / dims), kid_coef0, rng_seed.
 IS_SPLITS, KID_SUBSETS, KID_SUBSET_SIZE, KID_DEGREE, KID_COEF0, SEED = 10, 100, 1000, 3, 1, 2020
+ADM_IS_SPLIT_SIZE = 5000  # evaluator.py L179: compute_inception_score(activations, split_size=5000)
 
 
 @jax.jit
@@ -46,7 +47,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   device = jax.local_devices(backend='cpu' if jax.default_backend() == 'tpu' else None)[0]
   with jax.enable_x64(True):
     args = [jax.device_put(np.asarray(a, np.float64), device) for a in (mu1, sigma1, mu2, sigma2)]
-    distance = float(_frechet(*args))
+    with jax.default_matmul_precision('highest'):
+      distance = float(_frechet(*args))
   if not math.isfinite(distance):
     largest = max(np.abs(a).max() for a in (mu1, sigma1, mu2, sigma2))
     raise ValueError(
@@ -57,7 +59,30 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 
 def fid(stats1: Statistics, stats2: Statistics) -> float:
+  check_comparable(stats1, stats2)
   return frechet_distance(stats1.mu, stats1.sigma, stats2.mu, stats2.sigma)
+
+
+def sfid(stats1: Statistics, stats2: Statistics) -> float:
+  """The ADM evaluator's sFID: the Frechet distance of the spatial features' statistics (mu_s,
+  sigma_s), computed as FID's (evaluator.py L155-158 and L164-172)."""
+  check_comparable(stats1, stats2)
+  for stats in (stats1, stats2):
+    if stats.mu_s is None:
+      raise ValueError(
+          'sFID needs spatial statistics (mu_s, sigma_s) on both sides: compute them from images, or use a '
+          'reference batch that holds them (--save_stats --suite=adm writes them).'
+      )
+  return frechet_distance(stats1.mu_s, stats1.sigma_s, stats2.mu_s, stats2.sigma_s)
+
+
+def check_comparable(stats1: Statistics, stats2: Statistics) -> None:
+  """Statistics made with different preprocessings measure different things: refused."""
+  if None not in (stats1.preprocess, stats2.preprocess) and stats1.preprocess != stats2.preprocess:
+    raise ValueError(
+        f'statistics made with --preprocess={stats1.preprocess} and --preprocess={stats2.preprocess} are not '
+        'comparable; compute both with the same preprocessing.'
+    )
 
 
 def inception_score(logits, splits: int = IS_SPLITS, shuffle: bool = True, seed: int = SEED) -> tuple[float, float]:
@@ -79,6 +104,24 @@ def inception_score(logits, splits: int = IS_SPLITS, shuffle: bool = True, seed:
     q = p[part].mean(axis=0)
     scores.append(np.exp((p[part] * (log_p[part] - np.log(q))).sum(axis=1).mean()))
   return float(np.mean(scores)), float(np.std(scores))
+
+
+def inception_score_adm(logits, split_size: int = ADM_IS_SPLIT_SIZE) -> float:
+  """The ADM evaluator's Inception Score (`Evaluator.compute_inception_score`, evaluator.py
+  L179-192): softmax of the logits (pool3 times the fc weight, no bias), consecutive splits
+  of `split_size` rows in the images' order (the last one shorter), no shuffle, the mean of
+  exp(mean KL(p || mean p)) over the splits. Computed in float64 from the logits (the
+  evaluator: float32 softmax probabilities)."""
+  logits = np.asarray(logits, np.float64)
+  if logits.ndim != 2 or logits.shape[0] < 1:
+    raise ValueError(f'the Inception Score needs the logits of at least 1 image, got shape {logits.shape}.')
+  log_p = special.log_softmax(logits, axis=1)
+  scores = []
+  for start in range(0, logits.shape[0], split_size):
+    part = log_p[start : start + split_size]
+    log_q = np.log(np.exp(part).mean(axis=0))
+    scores.append(np.exp((np.exp(part) * (part - log_q)).sum(axis=1).mean()))
+  return float(np.mean(scores))
 
 
 def kernel_inception_distance(

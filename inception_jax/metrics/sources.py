@@ -8,7 +8,9 @@ import concurrent.futures
 import functools
 import math
 import os
+import tempfile
 import warnings
+import zipfile
 from typing import Protocol
 
 import numpy as np
@@ -101,10 +103,11 @@ def _decode(file) -> np.ndarray:
 class NpzImages:
   """`arr_0` of an .npz (NHWC uint8, as the ADM / guided-diffusion sample and reference batches),
   streamed from the archive a batch at a time: memory does not grow with the file. Read by
-  `npz.Archive`: the header is checked against the archive before any image is decompressed."""
+  `npz.Archive`: the header is checked against the archive before any image is decompressed.
+  `statistics`: what an ADM reference batch holds beside its images (mu, sigma, mu_s, sigma_s)."""
 
-  def __init__(self, path: str):
-    self.name = path
+  def __init__(self, path: str, statistics=None):
+    self.name, self.statistics = path, statistics
     self._archive = npz.Archive(path)
     header = self._archive.header('arr_0')
     shape = header.shape
@@ -208,3 +211,25 @@ def check_pixels(source: ImageSource, batch_size: int = 1) -> None:
         f'{source.name}: a batch of {batch} images of {width}x{height} pixels is {batch * pixels:,} pixels, over the '
         f'budget of {MAX_BATCH_PIXELS:,}; pass --batch_size={MAX_BATCH_PIXELS // pixels} or less (batch_size= in Python).'
     )
+
+
+def save_npz_images(path: str, source: ImageSource, arrays: dict[str, np.ndarray], batch_size: int = 256) -> None:
+  """An .npz as np.savez writes it (members stored, not compressed: ADM's reference batches) with
+  `source`'s images as arr_0 (NHWC uint8), copied `batch_size` images at a time, and `arrays`.
+  Written to a temporary file beside `path` and renamed: never left half-written."""
+  folder = os.path.dirname(os.path.abspath(path))
+  fd, partial = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + '.', suffix='.partial')
+  try:
+    with os.fdopen(fd, 'wb') as f, zipfile.ZipFile(f, 'w', zipfile.ZIP_STORED, allowZip64=True) as archive:
+      with archive.open('arr_0.npy', 'w', force_zip64=True) as member:
+        header = {'descr': '|u1', 'fortran_order': False, 'shape': (source.num_images, *source.image_shape)}
+        np.lib.format.write_array_header_1_0(member, header)
+        for start in range(0, source.num_images, batch_size):
+          member.write(np.ascontiguousarray(source.read(start, min(start + batch_size, source.num_images))).data)
+      for key, value in arrays.items():
+        with archive.open(f'{key}.npy', 'w', force_zip64=True) as member:
+          np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
+    os.replace(partial, path)
+  finally:
+    if os.path.exists(partial):
+      os.remove(partial)

@@ -1,0 +1,1 @@
+"""TensorFlow reference implementations the tests compare against."""
