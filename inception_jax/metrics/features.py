@@ -166,7 +166,9 @@ class Statistics:
       if 'preprocess' in keys:
         header = archive.header('preprocess')
         if header.shape != () or header.dtype.kind != 'U' or header.nbytes > 64:
-          raise ValueError(f'{path}: preprocess is {npz.short(header.dtype)} of shape {npz.short(header.shape)}, not a name.')
+          raise ValueError(
+              f'{path}: preprocess is {npz.short(header.dtype)} of shape {npz.short(header.shape)}, not a name.'
+          )
         name = str(archive.read('preprocess'))
         if name not in preprocessing.PREPROCESSING:
           raise ValueError(f'{path}: preprocess {name!r} is none of {", ".join(preprocessing.PREPROCESSING)}.')
