@@ -1,8 +1,9 @@
-"""The ADM evaluator's row (guided-diffusion `evaluations/evaluator.py`): sFID's spatial features
-against pytorch-fid's torch network, FID, sFID, IS, precision and recall against the evaluator's
-own code on the same features (scripts/tf_refs, run under tensorflow.compat.v1 in a subprocess),
-its reference-batch format both ways, full float32 precision in the lowered programs, and the
-one-line errors."""
+"""The tools papers report from, end to end: the ADM evaluator's row (guided-diffusion
+`evaluations/evaluator.py`): sFID's spatial features against pytorch-fid's torch network; FID,
+sFID, IS, precision and recall against the evaluator's own code on the same features
+(scripts/tf_refs, run under tensorflow.compat.v1 in a subprocess); its reference-batch format
+both ways. torch-fidelity's TF1 features and clean-fid's 'clean' features. Full float32
+precision in the lowered programs, and the one-line errors."""
 
 import json
 import os
@@ -16,7 +17,8 @@ import pytest
 import torch
 
 from inception_jax import metrics, parallel
-from inception_jax.metrics import distances, features
+from inception_jax.metrics import distances, features, preprocessing
+from scripts.torch_refs import pytorch_fid_inception as fid_ref
 from test_metrics import run_cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -87,6 +89,35 @@ def test_tf1_features_equal_torch_fidelitys_inception_v3_compat_end_to_end(netwo
       metrics.open_path(str(tmp_path)), metrics.Extractor(network.model, network.variables), keep_features=True
   )
   assert np.abs(half_pixel.features - theirs['2048'].numpy()).max() > 100 * 1e-4 * np.abs(theirs['2048'].numpy()).max()
+
+
+def test_clean_features_equal_clean_fids_pipeline_and_the_cli_runs_it(network, tmp_path, capsys):
+  """clean-fid's 'clean' mode: its resize (bit for bit in test_metrics_preprocessing.py), then
+  (x - 128) / 128 into the same graph (inception_torchscript.py L49-54), here pytorch-fid's torch
+  network. Through a folder and the command line, and through Accumulator with a global
+  jax.Array batch (the images then go through the host for PIL)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(5)
+  images = {'a': rng.integers(0, 256, (6, 40, 48, 3), np.uint8), 'b': rng.integers(30, 220, (6, 40, 48, 3), np.uint8)}
+  for name, batch in images.items():
+    (tmp_path / name).mkdir()
+    for i, image in enumerate(batch):
+      Image.fromarray(image).save(tmp_path / name / f'{i}.png')
+  extractor = metrics.Extractor(network.model, network.variables, preprocess='clean')
+  ours = metrics.compute_statistics(metrics.open_path(str(tmp_path / 'a')), extractor, keep_features=True, batch_size=4)
+  with torch.inference_mode():
+    pixels = torch.from_numpy(preprocessing.resize_clean(images['a'])).permute(0, 3, 1, 2)
+    trunk = fid_ref.InceptionV3(network.torch, resize_input=False, normalize_input=False)
+    expected = torch.flatten(trunk((pixels - 128) / 128)[0], 1).numpy()
+  np.testing.assert_allclose(ours.features, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+  accumulator = metrics.Accumulator(extractor)
+  accumulator.update(jax.device_put(images['a'], parallel.batch_sharding(extractor.mesh)))
+  np.testing.assert_allclose(accumulator.result().mu, ours.mu, rtol=1e-6, atol=1e-9)
+  flags = [f'--weights={network.pth}', '--preprocess=clean', '--metrics=fid,kid', '--kid_subset_size=5', '--json']
+  assert run_cli(tmp_path / 'a', tmp_path / 'b', *flags) == 0
+  result = json.loads(capsys.readouterr().out.splitlines()[-1])
+  assert result['preprocess'] == 'clean' and result['fid'] > 0 and set(result) >= {'kid_mean', 'kid_std'}
 
 
 def run_evaluator(tmp_path, arrays) -> tuple[dict, dict]:
