@@ -4,6 +4,7 @@ a subprocess) on the same features, in its float32 path and its float16 one; the
 any block size, device count or number of processes; a case worked by hand; full-precision products;
 one-line errors."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -222,3 +223,18 @@ def test_bad_inputs_are_one_line():
     broken[2, 1] = bad
     one_line_error(lambda: manifold.precision_recall(good, broken), r'sample features contain NaN or infinity')
   one_line_error(lambda: manifold.manifold_radii(good, block_size=0), r'block_size must be positive, got 0')
+
+
+def test_the_benchmark_runs_ours_and_the_evaluator_on_the_same_features(capsys):
+  """docs/metrics.md's benchmark command, at a small size: three JSON lines, the evaluator's at the same size."""
+  from scripts import benchmark_precision_recall  # pylint: disable=g-import-not-at-top
+
+  benchmark_precision_recall.main(['--num_reference=300', '--num_samples=200', '--dims=64', '--block_size=128'])
+  lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [line['implementation'].split(' (')[0] for line in lines] == [
+      'inception_jax float32',
+      'ADM evaluator float16',
+      'inception_jax float32',
+  ]
+  assert all((line['num_reference'], line['num_samples']) == (300, 200) for line in lines)
+  assert 0 < lines[0]['precision'] < 1 and lines[0]['peak_rss_gib'] > 0 and lines[2]['flipped_recall_decisions'] >= 0
