@@ -71,7 +71,7 @@ def test_tf1_features_equal_torch_fidelitys_inception_v3_compat_end_to_end(netwo
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from scripts.torch_refs import torch_fidelity_inception  # pylint: disable=g-import-not-at-top
 
-  images = np.random.default_rng(4).integers(0, 256, (5, 40, 48, 3), np.uint8)
+  images = np.random.default_rng(4).integers(0, 256, (8, 40, 48, 3), np.uint8)  # 8: the ADM tests' compiled step
   for i, image in enumerate(images):
     Image.fromarray(image).save(tmp_path / f'{i}.png')
   extractor = metrics.Extractor(network.model, network.variables, logits=True, preprocess='tf1')
@@ -105,7 +105,7 @@ def test_clean_features_equal_clean_fids_pipeline_and_the_cli_runs_it(network, t
     for i, image in enumerate(batch):
       Image.fromarray(image).save(tmp_path / name / f'{i}.png')
   extractor = metrics.Extractor(network.model, network.variables, preprocess='clean')
-  ours = metrics.compute_statistics(metrics.open_path(str(tmp_path / 'a')), extractor, keep_features=True, batch_size=4)
+  ours = metrics.compute_statistics(metrics.open_path(str(tmp_path / 'a')), extractor, keep_features=True, batch_size=6)
   with torch.inference_mode():
     pixels = torch.from_numpy(preprocessing.resize_clean(images['a'])).permute(0, 3, 1, 2)
     trunk = fid_ref.InceptionV3(network.torch, resize_input=False, normalize_input=False)

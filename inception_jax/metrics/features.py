@@ -91,7 +91,13 @@ class Extractor:
     self.mesh = mesh if mesh is not None else parallel.make_mesh()
     self.dims, self.logits, self.spatial, self.preprocess = dims, logits, spatial, preprocess
     self.variables = jax.device_put(variables, parallel.replicated(self.mesh))
-    self._step = _extract_step(model, self.mesh, dims, resize, logits, spatial, preprocess)
+    # At pool3 the whole network runs anyway: the logits and the spatial features then cost next
+    # to nothing, and computing them always makes one program (one compilation) where four would do.
+    whole = dims == 2048
+    self._step = _extract_step(
+        model, self.mesh, dims, resize, logits or whole, spatial or (whole and resize), preprocess
+    )
+    self._keys = ['features', 'valid'] + ['logits'] * logits + ['spatial'] * spatial
 
   def prepare(self, images: np.ndarray) -> np.ndarray:
     """The host's part of the preprocessing, on this process's rows (clean-fid's PIL resize;
@@ -99,7 +105,8 @@ class Extractor:
     return preprocessing.resize_clean(images) if self.preprocess == 'clean' else images
 
   def __call__(self, images, num_valid):
-    return self._step(self.variables, images, np.int32(num_valid))
+    out = self._step(self.variables, images, np.int32(num_valid))
+    return {key: out[key] for key in self._keys}
 
 
 # Statistics.
