@@ -191,6 +191,9 @@ def test_a_reference_batch_in_adm_format_round_trips_and_its_statistics_are_used
     assert f['mu'].shape == (2048,) and f['sigma_s'].shape == (2023, 2023) and str(f['preprocess']) == 'tf1'
     np.testing.assert_array_equal(f['mu_s'], ref.mu_s)
     arrays = dict(f)
+  umask = os.umask(0)
+  os.umask(umask)
+  assert (tmp_path / 'ref.npz').stat().st_mode & 0o777 == 0o666 & ~umask  # as np.savez leaves a file
   samples = metrics.save_statistics(str(batches / 'samples.npz'), str(tmp_path / 'samples_stats.npz'), **options)
   # The stored means moved: FID and sFID follow the file, precision and recall the images.
   shift = np.zeros(2048)
@@ -296,3 +299,33 @@ def test_bad_adm_inputs_are_one_line(batches, tmp_path):
       lambda: metrics.calculate_metrics([samples, reference], suite='adm', preprocess='clean'), r'\(tf1\), not clean'
   )
   one_line_error(lambda: metrics.calculate_metrics([samples, reference], preprocess='tf2'), r'tf2')
+  one_line_error(lambda: metrics.calculate_metrics([samples, reference], suite='adm', dims=768), r'not --dims=768')
+  one_line_error(
+      lambda: metrics.save_statistics(samples, str(tmp_path / 'absent' / 'ref.npz'), suite='adm'),
+      r'absent is not a folder this process can write to',
+  )
+
+
+def test_a_reference_batchs_statistics_spare_the_pass_and_are_the_evaluators_tf1(batches, tmp_path):
+  """An ADM reference batch (arr_0 with mu, sigma, no record of its preprocessing): FID against
+  statistics reads no image and loads no weights; under another preprocessing its tf1 statistics
+  are not used, its images are (here: the weights they would need are absent)."""
+  with np.load(batches / 'reference.npz') as f:
+    images = f['arr_0']
+  rng = np.random.default_rng(6)
+  ref_mu, sample_mu = rng.normal(size=64), rng.normal(size=64)
+  np.savez(tmp_path / 'adm_ref.npz', arr_0=images, mu=ref_mu, sigma=np.eye(64))
+  metrics.Statistics(sample_mu, 2 * np.eye(64), 13, preprocess='tf1').save(tmp_path / 'samples.npz')
+  paths = [str(tmp_path / 'samples.npz'), str(tmp_path / 'adm_ref.npz')]
+  result = metrics.calculate_metrics(paths, preprocess='tf1', dims=64, weights=str(tmp_path / 'no_weights.pth'))
+  expected = metrics.frechet_distance(sample_mu, 2 * np.eye(64), ref_mu, np.eye(64))
+  assert result['fid'] == pytest.approx(expected, rel=1e-9) and result['num_images_2'] == 11
+  metrics.Statistics(sample_mu, 2 * np.eye(64), 13, preprocess='pytorch_fid').save(tmp_path / 'samples_pt.npz')
+  one_line_error(
+      lambda: metrics.calculate_metrics(
+          [str(tmp_path / 'samples_pt.npz'), str(tmp_path / 'adm_ref.npz')],
+          dims=64,
+          weights=str(tmp_path / 'no_weights.pth'),
+      ),
+      r'no_weights\.pth: no such file',
+  )

@@ -48,8 +48,11 @@ from inception_jax.metrics.calculate import ADM_METRICS, METRICS, calculate_metr
 from inception_jax.metrics.distances import (
     ADM_IS_SPLIT_SIZE,
     IS_SPLITS,
+    KID_COEF0,
+    KID_DEGREE,
     KID_SUBSET_SIZE,
     KID_SUBSETS,
+    SEED,
     fid,
     frechet_distance,
     inception_score,

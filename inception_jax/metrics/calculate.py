@@ -34,7 +34,9 @@ def open_path(path: str) -> ImageSource | Statistics:
   elif path.endswith('.npz'):
     with npz.Archive(path) as archive:
       keys = set(archive.keys)
-    statistics = Statistics.load(path) if {'mu', 'sigma'} <= keys else None
+    statistics = Statistics.load(path) if keys & {'mu', 'sigma', 'mu_s', 'sigma_s'} else None
+    if 'arr_0' in keys and statistics and statistics.preprocess is None:
+      statistics = dataclasses.replace(statistics, preprocess='tf1')  # ADM's reference batches: the evaluator's
     if 'arr_0' not in keys:
       if statistics:
         return statistics
@@ -44,6 +46,13 @@ def open_path(path: str) -> ImageSource | Statistics:
     raise ValueError(f'{path} is not a folder of images, an .npz (statistics or images) or tfds:NAME[:SPLIT].')
   sources.check_pixels(source)
   return source
+
+
+def _check_adm(preprocess: str | None, dims: int) -> None:
+  if preprocess not in (None, 'tf1'):
+    raise ValueError(f'--suite=adm preprocesses as the evaluator does (tf1), not {preprocess}.')
+  if dims != 2048:
+    raise ValueError(f"--suite=adm uses the evaluator's pool3 features (--dims=2048), not --dims={dims}.")
 
 
 def calculate_metrics(
@@ -79,8 +88,7 @@ def calculate_metrics(
   if suite not in (None, 'adm'):
     raise ValueError(f"unknown suite {suite!r}; the one suite is 'adm' (guided-diffusion's evaluator).")
   if suite == 'adm':
-    if preprocess not in (None, 'tf1'):
-      raise ValueError(f'--suite=adm preprocesses as the evaluator does (tf1), not {preprocess}.')
+    _check_adm(preprocess, dims)
     metrics, preprocess = ADM_METRICS, 'tf1'
   preprocess = preprocess or 'pytorch_fid'
   preprocessing.check(preprocess)
@@ -96,6 +104,8 @@ def calculate_metrics(
   needs = []  # per side: what to compute from its images (None: a statistics file)
   for i, (path, side) in enumerate(zip(paths, sides)):
     given = side if isinstance(side, Statistics) else getattr(side, 'statistics', None)
+    if given is not None and not isinstance(side, Statistics) and given.preprocess != preprocess:
+      given = side.statistics = None  # a reference batch made another way: its images are there
     if given is not None:
       if given.dims != dims and not all(isinstance(s, Statistics) for s in sides):
         raise ValueError(f'{path} holds {given.dims}-d statistics, but --dims={dims}.')
@@ -105,6 +115,8 @@ def calculate_metrics(
             'compute them again with the same preprocessing.'
         )
     wanted = [m for m in per_image if m in metrics] + (['is'] if 'is' in metrics and i == 0 else [])
+    if given is not None and not wanted and ('sfid' not in metrics or given.mu_s is not None):
+      side = sides[i] = dataclasses.replace(given, num_images=side.num_images)  # nothing to extract
     if isinstance(side, Statistics):
       if wanted:
         what = {'is': 'the Inception Score', **per_image}[wanted[0]]
@@ -205,12 +217,15 @@ def save_statistics(
   out = out if out.endswith('.npz') else out + '.npz'  # what np.savez writes
   if suite not in (None, 'adm'):
     raise ValueError(f"unknown suite {suite!r}; the one suite is 'adm' (guided-diffusion's evaluator).")
-  if suite == 'adm' and preprocess not in (None, 'tf1'):
-    raise ValueError(f'--suite=adm preprocesses as the evaluator does (tf1), not {preprocess}.')
+  if suite == 'adm':
+    _check_adm(preprocess, dims)
   preprocess = 'tf1' if suite == 'adm' else preprocess or 'pytorch_fid'
   preprocessing.check(preprocess)
   if os.path.exists(out):
     raise ValueError(f'{out} exists; give a new file.')
+  folder = os.path.dirname(os.path.abspath(out))
+  if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+    raise ValueError(f'cannot write {out}: {folder} is not a folder this process can write to.')
   source = open_path(path)
   if isinstance(source, Statistics):
     raise ValueError(f'{path} already holds statistics.')

@@ -82,7 +82,7 @@ def resize_bilinear_tf1(x, size: int | tuple[int, int]):
 def _host_pixels(image: np.ndarray) -> np.ndarray:
   if image.dtype == np.uint8:
     return image.astype(np.float32)  # resize.py L51: `x_np.astype(np.float32)`, values 0..255
-  if np.issubdtype(image.dtype, np.floating):
+  if jnp.issubdtype(image.dtype, jnp.floating):  # bfloat16 too
     return image.astype(np.float32) * np.float32(255)
   raise TypeError(f'images must be uint8, or floats in [0, 1]; got {image.dtype}.')
 

@@ -58,7 +58,7 @@ class FolderImages:
       raise ValueError(f'{path} holds no images (pytorch-fid reads *.{", *.".join(IMAGE_EXTENSIONS)}).')
     from PIL import Image  # pylint: disable=g-import-not-at-top
 
-    with warnings.catch_warnings():  # PIL's warning from 89 M pixels: _check_pixels refuses them all
+    with warnings.catch_warnings():  # PIL's warning from 89 M pixels: check_pixels refuses them all
       warnings.simplefilter('ignore', Image.DecompressionBombWarning)
       sizes = list(_threads().map(_image_size, self.files))
     for file, size in zip(self.files, sizes):
@@ -220,15 +220,21 @@ def save_npz_images(path: str, source: ImageSource, arrays: dict[str, np.ndarray
   folder = os.path.dirname(os.path.abspath(path))
   fd, partial = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + '.', suffix='.partial')
   try:
-    with os.fdopen(fd, 'wb') as f, zipfile.ZipFile(f, 'w', zipfile.ZIP_STORED, allowZip64=True) as archive:
-      with archive.open('arr_0.npy', 'w', force_zip64=True) as member:
-        header = {'descr': '|u1', 'fortran_order': False, 'shape': (source.num_images, *source.image_shape)}
-        np.lib.format.write_array_header_1_0(member, header)
-        for start in range(0, source.num_images, batch_size):
-          member.write(np.ascontiguousarray(source.read(start, min(start + batch_size, source.num_images))).data)
-      for key, value in arrays.items():
-        with archive.open(f'{key}.npy', 'w', force_zip64=True) as member:
-          np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
+    with os.fdopen(fd, 'wb') as f:
+      with zipfile.ZipFile(f, 'w', zipfile.ZIP_STORED, allowZip64=True) as archive:
+        with archive.open('arr_0.npy', 'w', force_zip64=True) as member:
+          header = {'descr': '|u1', 'fortran_order': False, 'shape': (source.num_images, *source.image_shape)}
+          np.lib.format.write_array_header_1_0(member, header)
+          for start in range(0, source.num_images, batch_size):
+            member.write(np.ascontiguousarray(source.read(start, min(start + batch_size, source.num_images))).data)
+        for key, value in arrays.items():
+          with archive.open(f'{key}.npy', 'w', force_zip64=True) as member:
+            np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
+      f.flush()
+      os.fsync(f.fileno())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(partial, 0o666 & ~umask)  # as np.savez would leave it (mkstemp makes 0600)
     os.replace(partial, path)
   finally:
     if os.path.exists(partial):
