@@ -87,6 +87,8 @@ def main(argv) -> int:
       preprocess=_PREPROCESS.value,
   )
   try:
+    if _SUITE.value and flags.FLAGS['metrics'].present:
+      raise ValueError(f'--suite={_SUITE.value} computes its own metrics; drop --metrics (or --suite).')
     if _BENCHMARK.value:
       for line in benchmark(
           _BATCH.value,

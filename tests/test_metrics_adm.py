@@ -260,7 +260,7 @@ def test_every_contraction_of_the_metric_path_runs_at_full_float32_precision(net
   assert lines and all('HIGHEST, HIGHEST' in line for line in lines)
 
 
-def test_bad_adm_inputs_are_one_line(batches, tmp_path):
+def test_bad_adm_inputs_are_one_line(batches, tmp_path, capsys):
   """Each refused before any network pass (no weights are even loaded)."""
   samples, reference = str(batches / 'samples.npz'), str(batches / 'reference.npz')
   np.savez(tmp_path / 'neither.npz', images=np.zeros((2, 8, 8, 3), np.uint8))
@@ -300,6 +300,8 @@ def test_bad_adm_inputs_are_one_line(batches, tmp_path):
   )
   one_line_error(lambda: metrics.calculate_metrics([samples, reference], preprocess='tf2'), r'tf2')
   one_line_error(lambda: metrics.calculate_metrics([samples, reference], suite='adm', dims=768), r'not --dims=768')
+  assert run_cli(samples, reference, '--suite=adm', '--metrics=kid') == 1
+  assert capsys.readouterr().err == 'error: --suite=adm computes its own metrics; drop --metrics (or --suite).\n'
   one_line_error(
       lambda: metrics.save_statistics(samples, str(tmp_path / 'absent' / 'ref.npz'), suite='adm'),
       r'absent is not a folder this process can write to',
