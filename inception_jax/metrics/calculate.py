@@ -48,11 +48,18 @@ def open_path(path: str) -> ImageSource | Statistics:
   return source
 
 
-def _check_adm(preprocess: str | None, dims: int) -> None:
-  if preprocess not in (None, 'tf1'):
-    raise ValueError(f'--suite=adm preprocesses as the evaluator does (tf1), not {preprocess}.')
-  if dims != 2048:
-    raise ValueError(f"--suite=adm uses the evaluator's pool3 features (--dims=2048), not --dims={dims}.")
+def _preprocessing(suite: str | None, preprocess: str | None, dims: int) -> str:
+  """The preprocessing a run uses: 'tf1' under suite='adm' (which also needs pool3), else
+  `preprocess` (default 'pytorch_fid'), checked."""
+  if suite not in (None, 'adm'):
+    raise ValueError(f"unknown suite {suite!r}; the one suite is 'adm' (guided-diffusion's evaluator).")
+  if suite == 'adm':
+    if preprocess not in (None, 'tf1'):
+      raise ValueError(f'--suite=adm preprocesses as the evaluator does (tf1), not {preprocess}.')
+    if dims != 2048:
+      raise ValueError(f"--suite=adm uses the evaluator's pool3 features (--dims=2048), not --dims={dims}.")
+    return 'tf1'
+  return preprocessing.check(preprocess or 'pytorch_fid')
 
 
 def calculate_metrics(
@@ -85,13 +92,8 @@ def calculate_metrics(
   'inception_score_mean'/'_std', 'kid_mean'/'_std', 'precision', 'recall'), 'preprocess',
   and 'num_images_1' (and '_2'; None for a statistics file that does not record it).
   """
-  if suite not in (None, 'adm'):
-    raise ValueError(f"unknown suite {suite!r}; the one suite is 'adm' (guided-diffusion's evaluator).")
-  if suite == 'adm':
-    _check_adm(preprocess, dims)
-    metrics, preprocess = ADM_METRICS, 'tf1'
-  preprocess = preprocess or 'pytorch_fid'
-  preprocessing.check(preprocess)
+  preprocess = _preprocessing(suite, preprocess, dims)
+  metrics = ADM_METRICS if suite == 'adm' else metrics
   unknown = set(metrics) - set(METRICS)
   if unknown or not metrics:
     raise ValueError(f'unknown metrics {sorted(unknown)}; choose from {", ".join(METRICS)}.')
@@ -215,12 +217,7 @@ def save_statistics(
   with the preprocessing's name. `suite='adm'`: a reference batch in the ADM evaluator's format
   instead: the images (arr_0, copied a batch at a time) with mu, sigma, mu_s and sigma_s (tf1)."""
   out = out if out.endswith('.npz') else out + '.npz'  # what np.savez writes
-  if suite not in (None, 'adm'):
-    raise ValueError(f"unknown suite {suite!r}; the one suite is 'adm' (guided-diffusion's evaluator).")
-  if suite == 'adm':
-    _check_adm(preprocess, dims)
-  preprocess = 'tf1' if suite == 'adm' else preprocess or 'pytorch_fid'
-  preprocessing.check(preprocess)
+  preprocess = _preprocessing(suite, preprocess, dims)
   if os.path.exists(out):
     raise ValueError(f'{out} exists; give a new file.')
   folder = os.path.dirname(os.path.abspath(out))
