@@ -25,8 +25,11 @@ TFDS input pipeline (data.InceptionInput) on one TensorFlow image at a time.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -69,6 +72,61 @@ def fid_inputs(x):
   """What pytorch-fid's `InceptionV3` (resize_input=True, normalize_input=True) does to [0, 1]
   images before its network: bilinear resize to 299x299, then 2x - 1."""
   return 2 * resize_bilinear(x, FID_SIZE) - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+  """How a set of published weights wants its images: torchvision's and timm's evaluation transform.
+
+      image -> shorter side resized to `resize_size` (PIL, `interpolation`) -> central
+      `input_size` x `input_size` crop -> [0, 1] -> (x - mean) / std per channel
+
+  `resize_size=None` resizes the whole image to `input_size` x `input_size` instead (no crop).
+  """
+
+  input_size: int
+  resize_size: int | None
+  interpolation: str  # 'bilinear' or 'bicubic'
+  mean: tuple[float, float, float]
+  std: tuple[float, float, float]
+
+  @property
+  def crop_fraction(self) -> float:
+    """input_size / resize_size (timm's crop_pct; the input pipeline's eval_crop_fraction)."""
+    return self.input_size / (self.resize_size or self.input_size)
+
+  @property
+  def normalization(self) -> str:
+    """The config's name for (mean, std): 'imagenet' or 'inception'."""
+    known = {(IMAGENET_MEAN, IMAGENET_STD): 'imagenet', (INCEPTION_MEAN, INCEPTION_STD): 'inception'}
+    return known[(self.mean, self.std)]
+
+  def transform(self, image) -> np.ndarray:
+    """One image (a PIL image, or an HWC uint8 array, grey or RGB) -> (input_size, input_size, 3)
+    float32, as torchvision's `Resize(resize_size) + CenterCrop(input_size) + ToTensor + Normalize`."""
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+
+    if not isinstance(image, Image.Image):
+      image = np.asarray(image)
+      if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3)):
+        raise ValueError(
+            f'expected an HWC uint8 image with 1 or 3 channels (or a PIL image), got {image.dtype} {image.shape}.'
+        )
+      image = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
+    image = image.convert('RGB')
+    resample = {'bilinear': Image.Resampling.BILINEAR, 'bicubic': Image.Resampling.BICUBIC}[self.interpolation]
+    w, h = image.size
+    if self.resize_size is None:
+      image = image.resize((self.input_size, self.input_size), resample)
+    else:  # torchvision's Resize(int): the shorter side to resize_size, the longer side truncated
+      short, long = min(w, h), max(w, h)
+      new_long = int(self.resize_size * long / short)
+      image = image.resize((self.resize_size, new_long) if w <= h else (new_long, self.resize_size), resample)
+      w, h = image.size
+      top, left = int(round((h - self.input_size) / 2.0)), int(round((w - self.input_size) / 2.0))
+      image = image.crop((left, top, left + self.input_size, top + self.input_size))
+    x = np.asarray(image, np.float32) / 255.0
+    return (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
 
 
 def _tf():

@@ -27,7 +27,7 @@ from clu import metric_writers
 
 from inception_jax import checkpoint as ckpt
 from inception_jax import data as data_lib
-from inception_jax import hostmem, interrupts, models, parallel
+from inception_jax import finetune, hostmem, interrupts, parallel
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -41,10 +41,8 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int):
-  overrides = {k: v for k, v in config.model.items() if k != 'name'}
-  if 'dtype' in overrides:
-    overrides['dtype'] = jnp.dtype(overrides['dtype'])
-  return models.create_model(config.model.name, num_classes=num_classes, **overrides)
+  """The run's model (with config.pretrained, the one its weights belong to: finetune.create_model)."""
+  return finetune.create_model(config, num_classes)[0]
 
 
 def learning_rate_schedule(config) -> optax.Schedule:
@@ -113,10 +111,12 @@ def _module_mask(module: str, params) -> Any:
   return {name: jax.tree.map(lambda _, keep=name == module: keep, subtree) for name, subtree in params.items()}
 
 
-def create_train_state(model, tx, image_shape, seed: int) -> TrainState:
-  """A fresh state from `seed` (parameters and dropout keys come from separate streams)."""
+def create_train_state(model, tx, image_shape, seed: int, pretrained=None) -> TrainState:
+  """A fresh state from `seed` (parameters and dropout keys come from separate streams), with
+  `pretrained` variables (finetune.create_model's) in place of the initialization's."""
   params_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
   variables = model.init({'params': params_key}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  variables = finetune.merge(flax.core.unfreeze(variables), pretrained)
   params = variables['params']
   return TrainState(
       step=jnp.zeros((), jnp.int32),
@@ -129,9 +129,9 @@ def create_train_state(model, tx, image_shape, seed: int) -> TrainState:
   )
 
 
-def initial_state(model, tx, image_shape, seed: int, sharding=None) -> TrainState:
+def initial_state(model, tx, image_shape, seed: int, sharding=None, pretrained=None) -> TrainState:
   """create_train_state as one compiled call, its arrays placed by `sharding` (a pytree of
-  shardings, or None for the default device).
+  shardings, or None for the default device); `pretrained` arrays are its arguments.
 
   On CPU it compiles with LLVM at -O2 instead of XLA's default -O3: the threefry initializers
   are most of a model's compile time, and at -O2 they compile 1.6-2.4x quicker (a tiny MNIST
@@ -139,8 +139,8 @@ def initial_state(model, tx, image_shape, seed: int, sharding=None) -> TrainStat
   to 7.9 s) into the same values, bit for bit (tests/test_train.py checks it; -O0 is 1 ulp off).
   """
   options = {'xla_backend_optimization_level': 2} if jax.default_backend() == 'cpu' else None
-  init = functools.partial(create_train_state, model, tx, image_shape, seed)
-  return jax.jit(init, out_shardings=sharding, compiler_options=options)()
+  init = lambda pretrained: create_train_state(model, tx, image_shape, seed, pretrained)
+  return jax.jit(init, out_shardings=sharding, compiler_options=options)(pretrained)
 
 
 def cross_entropy(logits, labels, label_smoothing: float = 0.0):
@@ -159,27 +159,37 @@ def correct_top_k(logits, labels, k: int):
 
 
 def train_step(
-    state: TrainState, batch: dict[str, jax.Array], *, aux_loss_weight: float = 0.0, label_smoothing: float = 0.0
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    aux_loss_weight: float = 0.0,
+    label_smoothing: float = 0.0,
+    frozen_statistics: bool = False,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a global batch; returns the new state and the batch's metrics.
 
   The losses of auxiliary classifiers (features whose key starts with 'aux') are added
   with `aux_loss_weight` each (GoogLeNet's paper: 0.3). BatchNorm normalizes with the
   statistics of the whole global batch, however many devices hold it: under jit the
-  batch is one array (no per-device statistics, no axis_name).
+  batch is one array (no per-device statistics, no axis_name). `frozen_statistics` runs the
+  network as in evaluation (BatchNorm's running statistics, unchanged; no dropout), as a
+  frozen backbone is run under its new head.
   """
   dropout_key = jax.random.fold_in(state.dropout_key, state.step)
 
   def loss_fn(params):
     variables = {'params': params, 'batch_stats': state.batch_stats}
-    (logits, features), updates = state.apply_fn(
-        variables, batch['image'], train=True, rngs={'dropout': dropout_key}, mutable=['batch_stats']
-    )
+    if frozen_statistics:
+      (logits, features), updates = state.apply_fn(variables, batch['image'], train=False), {}
+    else:
+      (logits, features), updates = state.apply_fn(
+          variables, batch['image'], train=True, rngs={'dropout': dropout_key}, mutable=['batch_stats']
+      )
     loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
     for key, aux_logits in features.items():
       if key.startswith('aux') and aux_loss_weight:
         loss += aux_loss_weight * cross_entropy(aux_logits, batch['label'], label_smoothing).mean()
-    return loss, (logits, updates.get('batch_stats', {}))
+    return loss, (logits, updates.get('batch_stats', state.batch_stats))
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   # A jitted step cannot raise: labels outside [0, classes) make the loss NaN (never a wrong
@@ -589,8 +599,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     inputs = data_lib.create_input(config, jax.process_index(), jax.process_count())
     config = resolve_config(config, inputs.num_train_examples)
     _check_config(config)
-    model = create_model(config, inputs.num_classes)
+    model, pretrained = finetune.create_model(config, inputs.num_classes)
     tx = create_optimizer(config)
+    if config.trainable == 'head':
+      tx = finetune.freeze(tx, model)
     schedule = learning_rate_schedule(config)  # for logging
     init = lambda: create_train_state(model, tx, inputs.image_shape, config.seed)
     abstract_state = jax.eval_shape(init)
@@ -605,7 +617,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     # runs up to config.steps_per_loop steps over stacked batches (evaluation: that many batches),
     # so that one set of step buffers serves them all (one compilation per number of steps).
     p_train_steps = jax.jit(
-        functools.partial(train_steps, aux_loss_weight=config.aux_loss_weight, label_smoothing=config.label_smoothing),
+        functools.partial(
+            train_steps,
+            aux_loss_weight=config.aux_loss_weight,
+            label_smoothing=config.label_smoothing,
+            frozen_statistics=config.trainable == 'head',
+        ),
         in_shardings=(state_sharding, parallel.batch_sharding(mesh, stacked=True)),
         out_shardings=(state_sharding, parallel.replicated(mesh)),
         donate_argnums=0,
@@ -627,8 +644,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     )
     record = {'config': run_record(config)}
     if restored is None:
-      state, meta = initial_state(model, tx, inputs.image_shape, config.seed, state_sharding), {}
-      logging.info('Starting from scratch in %s.', workdir)
+      state, meta = initial_state(model, tx, inputs.image_shape, config.seed, state_sharding, pretrained), {}
+      logging.info('Starting from %s in %s.', f'weights {config.pretrained}' if pretrained else 'scratch', workdir)
     else:
       state, meta = restored
       check_resume(meta.get('config', {}), record['config'], int(state.step), config.allow_config_change)

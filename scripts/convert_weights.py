@@ -15,8 +15,8 @@ import sys
 
 from absl import app, flags
 
-from inception_jax import convert, torch_files
-from inception_jax.models import pretrained
+from inception_jax import torch_files
+from inception_jax.models import convert, pretrained
 
 _SOURCE = flags.DEFINE_string('source', None, 'Where the weights come from: torchvision, timm or pytorch_fid.')
 _MODEL = flags.DEFINE_string('model', None, f'Model to convert to: {", ".join(sorted(convert.WEIGHT_SOURCES))}.')

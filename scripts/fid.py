@@ -40,7 +40,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from inception_jax import convert, metrics, parallel, torch_files
+from inception_jax import metrics, parallel, torch_files
+from inception_jax.models import convert
 
 _WEIGHTS = flags.DEFINE_string(
     'weights',

@@ -134,7 +134,7 @@ def network(tmp_path_factory):
   from scripts.torch_refs import numpy_state_dict, randomize
   from scripts.torch_refs import pytorch_fid_inception as fid_ref
 
-  from inception_jax import convert
+  from inception_jax.models import convert
   from inception_jax.models import pretrained
 
   torch.manual_seed(0)

@@ -14,7 +14,8 @@ from absl import flags
 from model_utils import cheap_jit, variable_shapes
 from scripts.torch_refs import benchmark_nets, nchw, numpy_state_dict, randomize
 
-from inception_jax import convert, models
+from inception_jax import models
+from inception_jax.models import convert
 from scripts import benchmark
 
 # The script's flags belong to its command line; the functions tested here take arguments.

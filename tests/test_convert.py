@@ -16,7 +16,8 @@ import pytest
 import torch
 from absl import flags
 
-from inception_jax import convert, models, torch_files
+from inception_jax import models, torch_files
+from inception_jax.models import convert
 from scripts import convert_weights
 from scripts.torch_refs import numpy_state_dict
 from scripts.torch_refs import torchvision_googlenet as tv_googlenet
@@ -361,8 +362,10 @@ def test_script_converts_torchvision_googlenet_and_load_pretrained_restores_it(t
 
   with pytest.raises(ValueError, match="holds weights for 'googlenet', not 'inception_v3'"):
     models.load_pretrained('inception_v3', tmp_path / 'ckpt')
-  with pytest.raises(ValueError, match='python -m scripts.convert_weights'):
-    models.load_pretrained('googlenet', tmp_path / 'googlenet.pth')
+  # The file itself loads too, converted on the fly into the same model and variables.
+  direct_model, direct = models.load_pretrained('googlenet', tmp_path / 'googlenet.pth')
+  assert direct_model == model
+  jax.tree.map(np.testing.assert_array_equal, direct, variables)
 
 
 def test_script_reports_missing_and_unexpected_keys(tmp_path, capsys):

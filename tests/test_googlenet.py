@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from inception_jax import analysis, convert
+from inception_jax import analysis
+from inception_jax.models import convert
 from inception_jax.models.googlenet import GoogLeNet
 from model_utils import abstract_apply, cheap_jit, param_count, random_variables, variable_shapes
 from scripts.torch_refs import nchw, numpy_state_dict, randomize

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from inception_jax import analysis, convert
+from inception_jax import analysis
+from inception_jax.models import convert
 from inception_jax.convert import INCEPTION_RESNET_V2_TIMM_RENAMES as TORCH_RENAMES
 from inception_jax.models.inception_resnet_v2 import InceptionResnetV2
 from model_utils import cheap_jit, variable_shapes

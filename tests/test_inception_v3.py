@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from inception_jax import analysis, convert, preprocess
-from inception_jax.models import inception_v3
+from inception_jax import analysis, preprocess
+from inception_jax.models import convert, inception_v3
 from inception_jax.models.inception_v3 import InceptionV3
 from model_utils import abstract_apply, cheap_jit, param_count, variable_shapes
 from scripts.torch_refs import nchw, numpy_state_dict, randomize

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from inception_jax import analysis, convert
-from inception_jax.models import pooling
+from inception_jax import analysis
+from inception_jax.models import convert, pooling
 from inception_jax.convert import INCEPTION_V4_TIMM_RENAMES as TORCH_RENAMES
 from inception_jax.models.inception_v4 import InceptionV4
 from model_utils import cheap_jit, variable_shapes

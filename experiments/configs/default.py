@@ -19,6 +19,11 @@ def get_config() -> ml_collections.ConfigDict:
       'mnist_inception'  # a name from inception_jax.models.list_models(); other model.* fields are its own
   )
   config.model.dtype = 'float32'  # compute dtype; parameters and BatchNorm statistics stay float32
+  # Start from these weights (experiments/configs/finetune.py): a tag of the model's published weights
+  # (models.list_pretrained(): 'torchvision', 'tf_in1k', ...), a .pth/.safetensors file or a converted
+  # folder; the model takes their layout and a new classifier for the dataset. '': a random start.
+  config.pretrained = ''
+  config.trainable = 'all'  # 'all', or 'head': the classifier only; the rest frozen, BatchNorm statistics too
 
   # Data.
   config.dataset = 'mnist'  # a TFDS name, or 'synthetic' (random images: the speed of the steps alone)

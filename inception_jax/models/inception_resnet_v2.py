@@ -20,7 +20,7 @@ eps 1e-3, ReLU; padding 0 unless marked 'SAME'; pool towers average without coun
 padding. Each residual block ends in a 1x1 conv *with* bias and no BatchNorm (`conv2d`),
 whose output is scaled before it is added to the block's input. The three `repeat` stacks
 keep timm's nesting (`repeat/3/...` is `repeat.3....`); only the towers' Sequential indices
-are renamed (`branch1.0` -> `branch1_0`, in inception_jax/convert.py).
+are renamed (`branch1.0` -> `branch1_0`, in models/convert.py).
 """
 
 from __future__ import annotations

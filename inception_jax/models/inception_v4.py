@@ -16,7 +16,7 @@ Learning", Szegedy et al., 2016) with timm's layout, so timm's `inception_v4` we
 Porting conventions: every conv is timm's `ConvNormAct` (conv without bias, BatchNorm eps
 1e-3, ReLU), padded as timm pads it (0 unless marked 'SAME'; every padded conv has stride 1
 and an odd kernel, where torch's `k // 2` padding equals 'SAME'); the pool towers average
-without counting the padding. Submodules carry timm's names; inception_jax/convert.py maps the
+without counting the padding. Submodules carry timm's names; models/convert.py maps the
 two kinds of `nn.Sequential` index in its state_dict keys (`features.5`, `branch1.0`) onto
 ours (`features_5`, `branch1_0`).
 """

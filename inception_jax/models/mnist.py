@@ -33,6 +33,7 @@ class MnistInception(nn.Module):
   reduce_width: int = 16  # maps of the 1x1 reductions ("reduce1x1")
   hidden_units: int = 700  # "num_fc1"
   drop_rate: float = 0.5  # dropout on the hidden layer in training
+  use_batchnorm: bool = False  # BatchNorm after every convolution (seed 002's conv_block) instead of biases
   image_size: int = 28
   in_channels: int = 1
   dtype: Any = jnp.float32  # compute dtype; parameters stay float32
@@ -40,7 +41,12 @@ class MnistInception(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool):
     check_image_batch(x, model='mnist_inception', channels=self.in_channels, size=self.image_size)
-    conv = functools.partial(ConvBlock, dtype=self.dtype)
+    norm = None
+    if self.use_batchnorm:
+      norm = functools.partial(
+          nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-3, dtype=self.dtype
+      )
+    conv = functools.partial(ConvBlock, norm=norm, dtype=self.dtype)
     x = x.astype(self.dtype)
     features = {}
     for i, width in enumerate(self.widths, start=1):

@@ -1,19 +1,24 @@
-"""Converted weights on disk: an Orbax checkpoint of Flax variables that knows its model.
+"""Pretrained weights in one call, and converted weights on disk.
 
-    python -m scripts.convert_weights --source=torchvision --model=inception_v3 \\
-        inception_v3_google-0cc3c7bd.pth /tmp/inception_v3
-    model, variables = models.load_pretrained('inception_v3', '/tmp/inception_v3')
+    model, variables = models.load_pretrained('inception_v3', 'torchvision')   # published, cached
+    model, variables = models.load_pretrained('inception_v3', 'model.safetensors', source='timm')
+    model, variables = models.load_pretrained('inception_v3', '/tmp/inception_v3')  # convert_weights' folder
     logits, features = model.apply(variables, images, train=False)
 
-The checkpoint holds {'params', 'batch_stats'} (float32) and, as Orbax custom metadata,
-the registered model name and the fields that differ from its defaults, so loading
-rebuilds the model the weights belong to.
+A converted folder is an Orbax checkpoint holding {'params', 'batch_stats'} (float32) and, as
+Orbax custom metadata, the registered model name and the fields that differ from its
+defaults, so loading rebuilds the model the weights belong to.
+
+Flax modules hold no variables, so the call that gives pretrained weights returns both,
+(model, variables), rather than `create_model` growing a `pretrained=` flag.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from typing import Any
 
 import flax
@@ -21,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from inception_jax import torch_files
+from inception_jax.models import convert, hub
 from inception_jax.models.registry import create_model
 
 
@@ -42,32 +49,93 @@ def save_pretrained(path: str | os.PathLike, name: str, config: dict[str, Any], 
     checkpointer.close()
 
 
-def load_pretrained(name: str, path: str | os.PathLike, **overrides):
-  """(model, variables) from a checkpoint written by `scripts.convert_weights` / `save_pretrained`.
+def load_pretrained(name: str, weights: str | os.PathLike | None = None, *, source: str | None = None, **overrides):
+  """(model, variables) of model `name` with pretrained weights.
+
+  `weights`: a tag of `name`'s published weights (`list_pretrained()`; None: the first, e.g.
+  'torchvision' for inception_v3), downloaded and converted once, then read from the cache;
+  a PyTorch file (.pth/.pt/.bin/.safetensors, in `source`'s layout: torchvision, timm or
+  pytorch_fid; default the model's first); or a folder from `scripts.convert_weights` /
+  `save_pretrained`.
 
   `overrides` change fields that leave the variables' shapes alone (`dtype`, `drop_rate`,
-  `global_pool`, ...). Variables the model needs but the checkpoint lacks raise ValueError;
-  ones it has but the model does not use are logged and dropped.
+  `global_pool`, ...). Variables the model needs but the weights lack raise ValueError;
+  ones they have but the model does not use are logged and dropped.
   """
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
+  if weights is not None and os.path.isdir(weights):
+    return _load_converted(name, os.path.abspath(weights), overrides)
+  if weights is not None and os.path.isfile(weights):
+    return _convert_file(name, os.fspath(weights), source, overrides)
+  if weights is not None and (os.sep in os.fspath(weights) or '.' in os.path.basename(weights)):
+    raise ValueError(f'{weights}: no such file or folder (weights for {name}: a tag, a file or a converted folder).')
+  return load_published(hub.pretrained_weights(name, weights), **overrides)
+
+
+def load_published(weights: hub.Weights, *, hint: str = '', **overrides):
+  """(model, variables) of a registry entry: from the converted cache, else downloaded (once;
+  `hint` says how to pass a local copy when that fails), converted and cached."""
+  folder = hub.converted_dir(weights)
+  if not os.path.isdir(folder):
+    hint = hint or f"pass its path: load_pretrained({weights.model!r}, 'PATH/{os.path.basename(weights.url)}')"
+    path = hub.download(weights.url, weights.file, weights.sha256, hint=hint)
+    model, variables = _convert_file(weights.model, path, weights.source, {})
+    _save_atomically(folder, weights.model, model, variables, source=weights.source, source_file=weights.url)
+  return _load_converted(weights.model, folder, overrides)
+
+
+def _convert_file(name: str, path: str, source: str | None, overrides: dict[str, Any]):
+  model, variables, missing, unexpected = convert.convert_state_dict(
+      name, torch_files.load_state_dict(path), source=source
+  )
+  if missing:
     raise ValueError(
-        f'{path} is not a converted checkpoint (a directory). Convert PyTorch weights first: '
-        f'python -m scripts.convert_weights --source=... --model={name} SRC {path}'
+        f'{path} lacks {len(missing)} variable(s) that {name} needs: {", ".join(missing[:5])}'
+        + (' ...' if len(missing) > 5 else '')
+        + f' (is it {name} in {source or next(iter(convert.WEIGHT_SOURCES[name]))} layout?)'
     )
+  if unexpected:
+    logging.warning('%s: %d key(s) not used by %s: %s', path, len(unexpected), name, ', '.join(unexpected[:10]))
+  variables = jax.tree.map(jnp.asarray, variables)
+  if not overrides:
+    return model, variables
+  return _checked(name, {**convert.model_config(model), **overrides}, variables, path)
+
+
+def _save_atomically(folder: str, name: str, model, variables, **metadata) -> None:
+  """Writes the converted cache entry under a temporary name and renames it: a process that
+  loses the race to another, or is killed, leaves no half-written folder behind."""
+  os.makedirs(os.path.dirname(folder), exist_ok=True)
+  temporary = tempfile.mkdtemp(dir=os.path.dirname(folder), prefix=os.path.basename(folder) + '.')
+  try:
+    save_pretrained(os.path.join(temporary, 'weights'), name, convert.model_config(model), variables, **metadata)
+    try:
+      os.rename(os.path.join(temporary, 'weights'), folder)
+    except OSError:
+      if not os.path.isdir(folder):
+        raise
+  finally:
+    shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _load_converted(name: str, path: str, overrides: dict[str, Any]):
   checkpointer = ocp.StandardCheckpointer()
   try:
     metadata = checkpointer.metadata(path).custom_metadata or {}
     saved_name = metadata.get('model')
     if saved_name is not None and saved_name != name:
       raise ValueError(f'{path} holds weights for {saved_name!r}, not {name!r}.')
-    model = create_model(name, **{**metadata.get('config', {}), **overrides})
     restored = checkpointer.restore(path)
   finally:
     checkpointer.close()
+  config = {k: tuple(v) if isinstance(v, list) else v for k, v in metadata.get('config', {}).items()}  # JSON's lists
+  return _checked(name, {**config, **overrides}, restored, path)
 
+
+def _checked(name: str, config: dict[str, Any], restored, path: str):
+  """`name` built with `config`, and `restored` variables that fit it (float32)."""
+  model = create_model(name, **config)
   template = _template(model)
-  flat = {'/'.join(k): v for k, v in flax.traverse_util.flatten_dict(restored).items()}
+  flat = {'/'.join(k): v for k, v in flax.traverse_util.flatten_dict(flax.core.unfreeze(restored)).items()}
   missing = sorted(set(template) - set(flat))
   unexpected = sorted(set(flat) - set(template))
   if missing:

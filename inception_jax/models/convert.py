@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from inception_jax import models
+from inception_jax.models.registry import create_model
 
 _IGNORED_SUFFIXES = ('num_batches_tracked',)
 
@@ -160,7 +160,7 @@ def convert_state_dict(name: str, state_dict: Mapping[str, Any], *, source: str 
   if spec.aux_key is not None:
     fields['aux_logits'] = spec.aux_key in state_dict and spec.untrained is None
   fields.update(overrides)
-  model = models.create_model(name, **fields)
+  model = create_model(name, **fields)
   if spec.untrained is not None and not model.aux_logits:
     state_dict = {k: v for k, v in state_dict.items() if not re.match(spec.untrained, k)}
   template = jax.eval_shape(
@@ -173,13 +173,15 @@ def convert_state_dict(name: str, state_dict: Mapping[str, Any], *, source: str 
 
 
 def model_config(model) -> dict[str, Any]:
-  """The JSON-serializable fields of `model` that differ from their defaults (what a checkpoint records)."""
+  """The JSON-serializable fields of `model` (numbers, strings, tuples of them) that differ from
+  their defaults: what a checkpoint records to rebuild it."""
   out = {}
   for field in dataclasses.fields(model):
-    if field.name in ('parent', 'name') or not isinstance(
-        getattr(model, field.name), (bool, int, float, str, type(None))
-    ):
+    value = getattr(model, field.name)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (bool, int, float, str)) for v in value):
+      value = tuple(value)
+    elif field.name in ('parent', 'name') or not isinstance(value, (bool, int, float, str, type(None))):
       continue
-    if field.default is dataclasses.MISSING or getattr(model, field.name) != field.default:
-      out[field.name] = getattr(model, field.name)
+    if field.default is dataclasses.MISSING or value != field.default:
+      out[field.name] = value
   return out

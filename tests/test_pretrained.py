@@ -1,0 +1,247 @@
+"""Published weights in one call: the registry, the download (checked, never kept half or wrong),
+the caches of files and of converted variables, and each weights' preprocessing."""
+
+import dataclasses
+import hashlib
+import http.server
+import io
+import math
+import os
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from inception_jax import models, preprocess
+from inception_jax.models import convert, hub
+from scripts.torch_refs import torchvision_googlenet as tv_googlenet
+
+
+@pytest.fixture(scope='module')
+def googlenet_file():
+  """(bytes of a torch.save'd torchvision GoogLeNet state_dict with aux heads, the state_dict)."""
+  torch.manual_seed(0)
+  state = tv_googlenet.GoogLeNet(aux_logits=True).state_dict()
+  buffer = io.BytesIO()
+  torch.save(state, buffer)
+  return buffer.getvalue(), state
+
+
+@pytest.fixture
+def server():
+  """A local HTTP server of `files` ({path: (body, headers)}); a body of None announces 1000
+  bytes and sends 10. `requests` lists the paths asked for."""
+  files, requests = {}, []
+
+  class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+
+    def do_GET(self):  # pylint: disable=invalid-name
+      requests.append(self.path)
+      if self.path not in files:
+        self.send_error(404)
+        return
+      body, headers = files[self.path]
+      self.send_response(200)
+      self.send_header('Content-Length', '1000' if body is None else str(len(body)))
+      for name, value in headers.items():
+        self.send_header(name, value)
+      self.send_header('Connection', 'close')
+      self.end_headers()
+      self.wfile.write(b'x' * 10 if body is None else body)
+      self.close_connection = True
+
+    def log_message(self, *args):
+      pass
+
+  httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+  thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+  thread.start()
+  httpd.files, httpd.requests = files, requests
+  httpd.url = f'http://127.0.0.1:{httpd.server_address[1]}'
+  yield httpd
+  httpd.shutdown()
+  httpd.server_close()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+  monkeypatch.setenv(hub.CACHE_ENV, str(tmp_path / 'cache'))
+  monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+  return tmp_path / 'cache'
+
+
+def publish(monkeypatch, server, body, name, sha256=None, headers=None, tag='torchvision'):
+  """Serves `body` as /models/`name` and points googlenet's weights `tag` at it."""
+  server.files[f'/models/{name}'] = (body, headers or {})
+  published = hub.pretrained_weights('googlenet', 'torchvision')
+  entry = dataclasses.replace(published, tag=tag, url=f'{server.url}/models/{name}', sha256=sha256)
+  monkeypatch.setitem(hub.WEIGHTS, 'googlenet', {**hub.WEIGHTS['googlenet'], tag: entry})
+  return entry
+
+
+def one_line(error: pytest.ExceptionInfo) -> str:
+  message = str(error.value)
+  assert '\n' not in message, message
+  return message
+
+
+def test_one_call_downloads_checks_converts_and_then_reads_the_cache_only(server, cache, googlenet_file, monkeypatch):
+  body, state = googlenet_file
+  name = f'googlenet-{hashlib.sha256(body).hexdigest()[:8]}.pth'
+  publish(monkeypatch, server, body, name)
+
+  model, variables = models.load_pretrained('googlenet', 'torchvision')
+  # torchvision's builder: its layout, transform_input, dropout 0.2, and the untrained aux heads left out.
+  assert (model.layout, model.transform_input, model.aux_logits, model.drop_rate) == ('torchvision', True, False, 0.2)
+  np.testing.assert_array_equal(variables['params']['fc']['kernel'], state['fc.weight'].numpy().T)
+  np.testing.assert_array_equal(
+      variables['batch_stats']['inception4b']['branch5x5']['bn']['mean'],
+      state['inception4b.branch3.1.bn.running_mean'].numpy(),
+  )
+  assert server.requests == [f'/models/{name}']
+  assert sorted(os.listdir(cache)) == [hub.CONVERTED, name]
+  assert os.listdir(cache / hub.CONVERTED) == ['googlenet.torchvision']  # no temporary folder left
+
+  # The next call: no network (the server is gone) and no conversion.
+  server.shutdown()
+  monkeypatch.setattr(convert, 'convert_state_dict', lambda *a, **k: pytest.fail('converted again'))
+  again_model, again = models.load_pretrained('googlenet', drop_rate=0.5)  # the default tag, and an override
+  assert again_model.drop_rate == 0.5 and again_model.transform_input
+  np.testing.assert_array_equal(
+      again['params']['conv1']['conv']['kernel'], variables['params']['conv1']['conv']['kernel']
+  )
+  assert server.requests == [f'/models/{name}']
+
+
+def test_a_file_whose_sha256_differs_is_refused_and_not_kept(server, cache, monkeypatch):
+  body = b'not the published weights'
+  publish(monkeypatch, server, body, 'googlenet-0123abcd.pth')  # the name's sha256 prefix is not the body's
+  with pytest.raises(ValueError) as error:
+    models.load_pretrained('googlenet', 'torchvision')
+  assert 'not 0123abcd' in one_line(error) and 'not kept' in str(error.value)
+  assert os.listdir(cache) == []
+
+
+def test_a_name_without_hash_is_checked_against_the_sha256_the_server_declares(
+    server, cache, googlenet_file, monkeypatch
+):
+  body, _ = googlenet_file
+  digest = hashlib.sha256(body).hexdigest()
+  # The Hugging Face hub names LFS files model.safetensors and declares their sha256 in X-Linked-Etag.
+  publish(monkeypatch, server, body, 'model.pth', headers={'X-Linked-Etag': f'"{"0" * 64}"'}, tag='hub')
+  with pytest.raises(ValueError, match='not 0000000000000000'):
+    models.load_pretrained('googlenet', 'hub')
+  assert os.listdir(cache) == []
+  publish(monkeypatch, server, body, 'model.pth', headers={'X-Linked-Etag': f'"{digest}"'}, tag='hub')
+  models.load_pretrained('googlenet', 'hub')
+  assert os.path.isdir(cache / hub.CONVERTED / 'googlenet.hub')
+
+
+def test_an_interrupted_download_leaves_nothing_and_says_how_to_pass_the_file(server, cache, monkeypatch):
+  entry = publish(monkeypatch, server, None, 'googlenet-1378be20.pth')  # 10 of 1000 bytes
+  with pytest.raises(ValueError) as error:
+    models.load_pretrained('googlenet')
+  message = one_line(error)
+  assert 'interrupted after 10 bytes' in message and entry.url in message
+  assert "load_pretrained('googlenet', 'PATH/googlenet-1378be20.pth')" in message
+  assert os.listdir(cache) == []
+
+
+def test_offline_with_nothing_cached_is_one_line_naming_the_url(cache):
+  published = hub.pretrained_weights('inception_v3', 'torchvision')  # port 9 stands in for no network
+  entry = dataclasses.replace(
+      published, url=published.url.replace('https://download.pytorch.org', 'http://127.0.0.1:9')
+  )
+  with pytest.raises(ValueError) as error:
+    models.pretrained.load_published(entry)
+  assert 'could not download inception_v3_google-0cc3c7bd.pth from http://127.0.0.1:9/models/' in one_line(error)
+  assert "load_pretrained('inception_v3', 'PATH/inception_v3_google-0cc3c7bd.pth')" in str(error.value)
+
+
+def test_local_files_and_folders_still_load(tmp_path, cache, googlenet_file):
+  body, state = googlenet_file
+  (tmp_path / 'weights.pth').write_bytes(body)
+  model, variables = models.load_pretrained('googlenet', tmp_path / 'weights.pth', source='torchvision')
+  np.testing.assert_array_equal(variables['params']['fc']['bias'], state['fc.bias'].numpy())
+  models.save_pretrained(tmp_path / 'folder', 'googlenet', convert.model_config(model), variables)
+  assert models.load_pretrained('googlenet', tmp_path / 'folder')[0] == model
+  assert not cache.exists()  # nothing downloaded or cached
+
+
+@pytest.mark.parametrize(
+    'name, weights, message',
+    [
+        (
+            'resnet50',
+            None,
+            "No published weights for model 'resnet50'; models with them: googlenet, inception_resnet_v2",
+        ),
+        (
+            'inception_v3',
+            'imagenet',
+            "'inception_v3' has no weights 'imagenet': its published weights are torchvision, tv_in1k, tf_in1k",
+        ),
+        ('inception_v3', 'missing/weights.pth', 'missing/weights.pth: no such file or folder'),
+    ],
+)
+def test_unknown_weights_are_named(name, weights, message):
+  with pytest.raises(ValueError, match=message):
+    models.load_pretrained(name, weights)
+
+
+def test_the_registry_holds_each_files_published_preprocessing():
+  def entry(name):
+    w = hub.pretrained_weights(*name.split('.'))
+    p = w.preprocessing
+    return w.url, w.sha256, w.source, (p.input_size, p.resize_size, p.interpolation, p.normalization)
+
+  # torchvision's Weights: ImageClassification(crop_size, resize_size), bilinear, ImageNet mean/std.
+  assert entry('inception_v3.torchvision') == (
+      'https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth',
+      '0cc3c7bd',
+      'torchvision',
+      (299, 342, 'bilinear', 'imagenet'),
+  )
+  assert entry('googlenet.torchvision')[1:] == ('1378be20', 'torchvision', (224, 256, 'bilinear', 'imagenet'))
+  # timm's pretrained_cfg: crop_pct 0.875 (0.8975 for Inception-ResNet-v2), bicubic, Inception mean/std;
+  # its eval transform resizes to floor(input_size / crop_pct).
+  for name, crop_pct in [
+      ('inception_v3.tv_in1k', 0.875),
+      ('inception_v3.tf_in1k', 0.875),
+      ('inception_v4.tf_in1k', 0.875),
+      ('inception_resnet_v2.tf_in1k', 0.8975),
+  ]:
+    url, sha256, source, fields = entry(name)
+    assert url == f'https://huggingface.co/timm/{name}/resolve/main/model.safetensors' and source == 'timm'
+    assert fields == (299, math.floor(299 / crop_pct), 'bicubic', 'inception') and sha256 is None
+  assert entry('inception_v3_fid.pytorch_fid') == (
+      hub.FID_WEIGHTS_URL,
+      '6726825d',
+      'pytorch_fid',
+      (299, None, 'bilinear', 'inception'),
+  )
+  assert models.list_pretrained() == sorted(f'{m}.{t}' for m, tags in hub.WEIGHTS.items() for t in tags)
+
+
+def test_preprocessing_crops_the_centre_as_torchvision_does():
+  p = hub.pretrained_weights('inception_v3', 'torchvision').preprocessing
+  rng = np.random.default_rng(0)
+  # 342 wide, 400 high: Resize(342) keeps the size, so the crop's place is exact: torchvision's
+  # CenterCrop takes top int(round((400 - 299) / 2)) = 50, left int(round((342 - 299) / 2)) = 22.
+  image = rng.integers(0, 256, (400, 342, 3), np.uint8)
+  expected = (image[50:349, 22:321] / np.float32(255) - np.float32(preprocess.IMAGENET_MEAN)) / np.float32(
+      preprocess.IMAGENET_STD
+  )
+  np.testing.assert_allclose(p.transform(image), expected, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(p.transform(Image.fromarray(image)), expected, rtol=1e-6, atol=1e-6)
+  # A wide grey image: the shorter side to 342, the longer int(342 * 700 / 500) = 478, three channels.
+  grey = p.transform(rng.integers(0, 256, (500, 700), np.uint8))
+  unnormalized = grey * np.float32(preprocess.IMAGENET_STD) + np.float32(preprocess.IMAGENET_MEAN)
+  assert grey.shape == (299, 299, 3) and np.allclose(unnormalized[..., :1], unnormalized, atol=1e-6)
+  fid = hub.pretrained_weights('inception_v3_fid').preprocessing
+  assert fid.transform(rng.integers(0, 256, (20, 30, 1), np.uint8)).shape == (299, 299, 3)
+  with pytest.raises(ValueError, match=r'expected an HWC uint8 image with 1 or 3 channels .*float64 \(8, 8, 3\)'):
+    p.transform(np.zeros((8, 8, 3)))
