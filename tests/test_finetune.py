@@ -11,7 +11,6 @@ import torch
 
 from experiments.configs import finetune as finetune_config
 from inception_jax import finetune, models, train
-from scripts.torch_refs import numpy_state_dict
 from scripts.torch_refs import torchvision_googlenet as tv_googlenet
 
 

@@ -1,0 +1,87 @@
+"""scripts.predict: top-5 ImageNet classes with torchvision's names, and embeddings, from image files."""
+
+import jax
+import numpy as np
+import pytest
+import torch
+from absl import flags
+from PIL import Image
+
+from inception_jax import classify, models
+from scripts import predict
+from scripts.torch_refs import randomize
+from scripts.torch_refs import torchvision_googlenet as tv_googlenet
+
+
+def run(*args):
+  argv = flags.FLAGS(['predict', *map(str, args)])
+  try:
+    return predict.main(argv)
+  finally:
+    flags.FLAGS.unparse_flags()
+
+
+@pytest.fixture(scope='module')
+def googlenet_file(tmp_path_factory):
+  """A torchvision GoogLeNet file with random weights whose BatchNorm statistics keep activations
+  alive, so that different images get different classes."""
+  torch.manual_seed(0)
+  network = randomize(tv_googlenet.GoogLeNet(aux_logits=False), torch.rand(4, 3, 224, 224) * 2 - 1)
+  path = tmp_path_factory.mktemp('weights') / 'googlenet.pth'
+  torch.save(network.state_dict(), path)
+  return path
+
+
+def test_prints_top5_with_names_and_writes_the_embeddings(tmp_path, googlenet_file, capsys):
+  rng = np.random.default_rng(0)
+  files = []
+  for i, (h, w) in enumerate([(300, 400), (256, 256), (500, 260)]):
+    files.append(tmp_path / f'image{i}.png')
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8)).save(files[-1])
+  out = tmp_path / 'embeddings.npy'
+  assert run('--model=googlenet', f'--pretrained={googlenet_file}', f'--embed={out}', '--batch_size=2', *files) == 0
+  printed = capsys.readouterr().out.splitlines()
+
+  # The same, by hand: torchvision's evaluation transform, then the network.
+  model, variables = models.load_pretrained('googlenet', googlenet_file)
+  preprocessing = models.pretrained_weights('googlenet', 'torchvision').preprocessing
+  images = np.stack([preprocessing.transform(Image.open(f)) for f in files])
+  logits, features = model.apply(variables, images, train=False)
+  probabilities = np.asarray(jax.nn.softmax(logits))
+  names = classify.imagenet_classes()
+  for i, file in enumerate(files):
+    block = printed[i * 6 : i * 6 + 6]
+    assert block[0] == str(file)
+    top = np.argsort(-probabilities[i])[:5]
+    for line, index in zip(block[1:], top):
+      probability, printed_index, name = line.split(maxsplit=2)
+      assert (int(printed_index), name) == (index, names[index])
+      assert float(probability) == pytest.approx(probabilities[i, index], abs=1e-4)
+  embeddings = np.load(out)
+  assert embeddings.shape == (3, 1024) and embeddings.dtype == np.float32
+  np.testing.assert_allclose(embeddings, features['pre_logits'], rtol=1e-4, atol=1e-5)
+  assert printed[-1] == f'wrote {out}: 3 x 1024 float32'
+
+
+def test_class_names_are_torchvisions():
+  names = classify.imagenet_classes()
+  assert len(names) == len(set(names)) == 1000
+  assert (names[0], names[281], names[134], names[517], names[639], names[999]) == (
+      'tench',
+      'tabby',
+      'crane bird',
+      'crane',
+      'maillot tank suit',
+      'toilet tissue',
+  )
+
+
+def test_bad_images_and_weights_are_one_line(tmp_path, googlenet_file, capsys):
+  (tmp_path / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n not an image')
+  assert run('--model=googlenet', f'--pretrained={googlenet_file}', tmp_path / 'broken.png') == 1
+  assert capsys.readouterr().err.startswith(f'error: cannot read image {tmp_path}/broken.png: ')
+  assert run('--model=googlenet', f'--pretrained={googlenet_file}', tmp_path / 'missing.png') == 1
+  assert 'missing.png' in capsys.readouterr().err
+  assert run('--model=googlenet', '--pretrained=imagenet', tmp_path / 'broken.png') == 1
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and "'googlenet' has no weights 'imagenet'" in err
