@@ -154,3 +154,26 @@ def network(tmp_path_factory):
       pth=str(folder / 'pt_inception-random.pth'),
       converted=str(folder / 'converted'),
   )
+
+
+def script_runner(module):
+  """`run(*args) -> exit status` of an absl script's main, whose flags are defined only while it
+  runs: scripts define flags of the same names (--model, --batch_size, --json), and the tests of
+  several scripts share a process. Call it when the test module imports the script."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  own = [flags.FLAGS[f.name] for f in flags.FLAGS.get_key_flags_for_module(module)]
+  for flag in own:
+    delattr(flags.FLAGS, flag.name)
+
+  def run(*args) -> int:
+    for flag in own:
+      flags.FLAGS[flag.name] = flag
+    try:
+      return module.main(flags.FLAGS([module.__name__, *map(str, args)]))
+    finally:
+      flags.FLAGS.unparse_flags()
+      for flag in own:
+        delattr(flags.FLAGS, flag.name)
+
+  return run

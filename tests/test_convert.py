@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import pytest
 import torch
-from absl import flags
 
+import conftest
 from inception_jax import models, torch_files
 from inception_jax.models import convert
 from scripts import convert_weights
@@ -333,12 +333,7 @@ def test_reading_needs_no_torch(tmp_path):
   assert 'conv.weight' in out
 
 
-def run_script(*args):
-  argv = flags.FLAGS(['convert_weights', *map(str, args)])
-  try:
-    return convert_weights.main(argv)
-  finally:
-    flags.FLAGS.unparse_flags()
+run_script = conftest.script_runner(convert_weights)
 
 
 def test_script_converts_torchvision_googlenet_and_load_pretrained_restores_it(tmp_path, capsys):

@@ -16,7 +16,7 @@ import torch
 
 from inception_jax import analysis
 from inception_jax.models import convert
-from inception_jax.convert import INCEPTION_RESNET_V2_TIMM_RENAMES as TORCH_RENAMES
+from inception_jax.models.convert import INCEPTION_RESNET_V2_TIMM_RENAMES as TORCH_RENAMES
 from inception_jax.models.inception_resnet_v2 import InceptionResnetV2
 from model_utils import cheap_jit, variable_shapes
 from scripts.torch_refs import randomize, timm_inception_resnet_v2

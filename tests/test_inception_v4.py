@@ -16,7 +16,7 @@ import torch
 
 from inception_jax import analysis
 from inception_jax.models import convert, pooling
-from inception_jax.convert import INCEPTION_V4_TIMM_RENAMES as TORCH_RENAMES
+from inception_jax.models.convert import INCEPTION_V4_TIMM_RENAMES as TORCH_RENAMES
 from inception_jax.models.inception_v4 import InceptionV4
 from model_utils import cheap_jit, variable_shapes
 from scripts.torch_refs import randomize, timm_inception_v4

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from absl import flags
+import conftest
 import processes
 from PIL import Image
 from scripts.torch_refs import pytorch_fid_inception as fid_ref
@@ -28,22 +28,7 @@ from scripts import fid as fid_script
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# The script's flags are defined only while it runs (run_cli): scripts.benchmark defines
-# --batch_size and --json too.
-_CLI_FLAGS = [flags.FLAGS[f.name] for f in flags.FLAGS.get_key_flags_for_module(fid_script)]
-for _flag in _CLI_FLAGS:
-  delattr(flags.FLAGS, _flag.name)
-
-
-def run_cli(*args) -> int:
-  for flag in _CLI_FLAGS:
-    flags.FLAGS[flag.name] = flag
-  try:
-    return fid_script.main(flags.FLAGS(['fid', *map(str, args)]))
-  finally:
-    flags.FLAGS.unparse_flags()
-    for flag in _CLI_FLAGS:
-      delattr(flags.FLAGS, flag.name)
+run_cli = conftest.script_runner(fid_script)
 
 
 def write_pngs(folder, images):

@@ -4,21 +4,15 @@ import jax
 import numpy as np
 import pytest
 import torch
-from absl import flags
 from PIL import Image
 
+import conftest
 from inception_jax import classify, models
 from scripts import predict
 from scripts.torch_refs import randomize
 from scripts.torch_refs import torchvision_googlenet as tv_googlenet
 
-
-def run(*args):
-  argv = flags.FLAGS(['predict', *map(str, args)])
-  try:
-    return predict.main(argv)
-  finally:
-    flags.FLAGS.unparse_flags()
+run = conftest.script_runner(predict)
 
 
 @pytest.fixture(scope='module')
