@@ -7,10 +7,13 @@ The variants, the data and the recipe: experiments/configs/finetune.py. Running 
 the same workdir resumes from the latest checkpoint; SIGTERM or Ctrl-C saves first.
 """
 
+CONFIG = 'experiments/configs/finetune.py:inception_v3'  # --config's default
+WORKDIR = '/tmp/finetune'  # --workdir's default
+
 if __name__ == '__main__':
   from inception_jax import hostmem
 
   hostmem.keep_freed_memory()  # first, before jax or TensorFlow allocates: docs/performance.md, "Host memory"
   from experiments import main
 
-  main.run('experiments/configs/finetune.py:inception_v3', '/tmp/finetune')
+  main.run(CONFIG, WORKDIR)

@@ -10,10 +10,13 @@ with the same workdir resumes from the latest checkpoint.
 Several hosts: the multi-process flags of experiments/main.py (docs/scaling.md).
 """
 
+CONFIG = 'experiments/configs/imagenet_inception.py:googlenet'  # --config's default
+WORKDIR = '/tmp/imagenet_inception'  # --workdir's default
+
 if __name__ == '__main__':
   from inception_jax import hostmem
 
   hostmem.keep_freed_memory()  # first, before jax or TensorFlow allocates: docs/performance.md, "Host memory"
   from experiments import main
 
-  main.run('experiments/configs/imagenet_inception.py:googlenet', '/tmp/imagenet_inception')
+  main.run(CONFIG, WORKDIR)

@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import traceback
+import types
 import warnings
 
 from absl import app, flags, logging
@@ -26,23 +27,46 @@ from ml_collections import config_flags
 from inception_jax import interrupts, parallel
 
 
+def define_flags(default_config: str, default_workdir: str, flag_values=flags.FLAGS) -> types.SimpleNamespace:
+  """The experiments' flags (their handles by name); --config's file is read here already."""
+  return types.SimpleNamespace(
+      config=config_flags.DEFINE_config_file(
+          'config', default_config, 'Training config file[:variant].', flag_values=flag_values, lock_config=True
+      ),
+      workdir=flags.DEFINE_string(
+          'workdir', default_workdir, 'Checkpoints, logs and final_metrics.json go here.', flag_values=flag_values
+      ),
+      print_config=flags.DEFINE_bool(
+          'print_config', False, 'Print every config field with its value, then exit.', flag_values=flag_values
+      ),
+      coordinator=flags.DEFINE_string(
+          'coordinator_address', '', "Multi-process: process 0's HOST:PORT.", flag_values=flag_values
+      ),
+      num_processes=flags.DEFINE_integer(
+          'num_processes', 0, 'Multi-process: how many processes take part.', flag_values=flag_values
+      ),
+      process_id=flags.DEFINE_integer(
+          'process_id', -1, "Multi-process: this process's index, 0 to num_processes - 1.", flag_values=flag_values
+      ),
+      auto=flags.DEFINE_bool(
+          'auto_distributed',
+          False,
+          'Multi-process: let JAX detect the cluster (TPU, Slurm, MPI).',
+          flag_values=flag_values,
+      ),
+  )
+
+
 def run(default_config: str, default_workdir: str) -> None:
   """Defines the flags with these defaults and runs `train.train_and_evaluate`."""
   path, verbosity = _config_path_and_verbosity(sys.argv, default_config)
   if not os.path.isfile(path):  # ml_collections' own message names neither the file nor the reason
     _exit_with(f'error: no config file {path!r}; the configs are in experiments/configs/.', 2)
   try:  # config_flags reads the overrides off sys.argv here already, and without --config the config file
-    config = config_flags.DEFINE_config_file(
-        'config', default_config, 'Training config file[:variant].', lock_config=True
-    )
+    handles = define_flags(default_config, default_workdir)
   except Exception as e:  # pylint: disable=broad-except
     _reject(e, path, verbosity)
-  workdir = flags.DEFINE_string('workdir', default_workdir, 'Checkpoints, logs and final_metrics.json go here.')
-  print_config = flags.DEFINE_bool('print_config', False, 'Print every config field with its value, then exit.')
-  coordinator = flags.DEFINE_string('coordinator_address', '', "Multi-process: process 0's HOST:PORT.")
-  num_processes = flags.DEFINE_integer('num_processes', 0, 'Multi-process: how many processes take part.')
-  process_id = flags.DEFINE_integer('process_id', -1, "Multi-process: this process's index, 0 to num_processes - 1.")
-  auto = flags.DEFINE_bool('auto_distributed', False, 'Multi-process: let JAX detect the cluster (TPU, Slurm, MPI).')
+  config, workdir, print_config = handles.config, handles.workdir, handles.print_config
 
   def parse_flags(argv):
     try:
@@ -68,7 +92,9 @@ def run(default_config: str, default_workdir: str) -> None:
       # Imported here: TensorFlow's import writes 4 lines to stderr, before a config error's one line.
       from inception_jax import train  # pylint: disable=g-import-not-at-top
 
-      parallel.initialize_distributed(coordinator.value, num_processes.value, process_id.value, auto=auto.value)
+      parallel.initialize_distributed(
+          handles.coordinator.value, handles.num_processes.value, handles.process_id.value, auto=handles.auto.value
+      )
       train.train_and_evaluate(config.value, workdir.value)  # from its start, signals are its own
     except interrupts.StopRequested as e:
       logging.warning('%s', e)

@@ -9,10 +9,13 @@ TFDS at the four MNIST files with TFDS_MANUAL_DIR=../shared/data/mnist (or
 flags of experiments/main.py (docs/scaling.md).
 """
 
+CONFIG = 'experiments/configs/mnist_inception.py'  # --config's default
+WORKDIR = '/tmp/mnist_inception'  # --workdir's default
+
 if __name__ == '__main__':
   from inception_jax import hostmem
 
   hostmem.keep_freed_memory()  # first, before jax or TensorFlow allocates: docs/performance.md, "Host memory"
   from experiments import main
 
-  main.run('experiments/configs/mnist_inception.py', '/tmp/mnist_inception')
+  main.run(CONFIG, WORKDIR)

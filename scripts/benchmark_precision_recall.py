@@ -193,7 +193,7 @@ def benchmark(
   return lines
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--num_reference', type=int, default=50000)
   parser.add_argument('--num_samples', type=int, default=50000)
@@ -203,7 +203,11 @@ def main(argv=None):
   )
   parser.add_argument('--block_size', type=int, default=None, help=f'default {manifold.BLOCK_SIZE}')
   parser.add_argument('--seed', type=int, default=0)
-  args = parser.parse_args(argv)
+  return parser
+
+
+def main(argv=None):
+  args = parser().parse_args(argv)
   benchmark(args.num_reference, args.num_samples, args.dims, args.evaluator_size, args.block_size, args.seed)
 
 

@@ -351,15 +351,24 @@ def main(argv):
   return 0 if ok and not figures['failures'] and not figures['metric_mismatches'] else 1
 
 
-if __name__ == '__main__':
-  # Defined here, not on import: a launch with a fault imports this module beside the experiment's own --workdir.
-  flags.DEFINE_integer('kills', 20, 'SIGKILLs, every other one during a checkpoint write.')
-  flags.DEFINE_integer('sigterms', 3, 'SIGTERMs, each of which must save and exit with status 143.')
-  flags.DEFINE_list(
-      'damage', list(DAMAGE_MODES), f'Damage modes, each done once: any of {",".join(DAMAGE_MODES)}; empty for none.'
+def define_flags(flag_values=flags.FLAGS) -> None:
+  """Defined by the command, not on import: a launch with a fault imports this module beside the
+  experiment's own --workdir."""
+  define = lambda kind, *args: getattr(flags, f'DEFINE_{kind}')(*args, flag_values=flag_values)
+  define('integer', 'kills', 20, 'SIGKILLs, every other one during a checkpoint write.')
+  define('integer', 'sigterms', 3, 'SIGTERMs, each of which must save and exit with status 143.')
+  define(
+      'list',
+      'damage',
+      list(DAMAGE_MODES),
+      f'Damage modes, each done once: any of {",".join(DAMAGE_MODES)}; empty for none.',
   )
-  flags.DEFINE_string('workdir', '/tmp/chaos', 'Holds reference/ and chaos/ (emptied first).')
-  flags.DEFINE_integer('seed', 0, 'Chooses the order and the moments.')
-  flags.DEFINE_string('experiment', 'experiments.mnist_inception', 'The module to run.')
-  flags.DEFINE_float('timeout', 3600, 'Seconds one launch may take.')
+  define('string', 'workdir', '/tmp/chaos', 'Holds reference/ and chaos/ (emptied first).')
+  define('integer', 'seed', 0, 'Chooses the order and the moments.')
+  define('string', 'experiment', 'experiments.mnist_inception', 'The module to run.')
+  define('float', 'timeout', 3600, 'Seconds one launch may take.')
+
+
+if __name__ == '__main__':
+  define_flags()
   app.run(lambda argv: sys.exit(main(argv)))

@@ -156,15 +156,24 @@ def network(tmp_path_factory):
   )
 
 
-def script_runner(module):
-  """`run(*args) -> exit status` of an absl script's main, whose flags are defined only while it
-  runs: scripts define flags of the same names (--model, --batch_size, --json), and the tests of
-  several scripts share a process. Call it when the test module imports the script."""
+@functools.cache
+def script_flags(module) -> tuple:
+  """An absl script's own flags, taken out of absl's global FLAGS: scripts define flags of the same
+  names (--model, --batch_size, --json), and the tests of several scripts share a process.
+  Call it when the test module imports the script."""
   from absl import flags  # pylint: disable=g-import-not-at-top
 
-  own = [flags.FLAGS[f.name] for f in flags.FLAGS.get_key_flags_for_module(module)]
+  own = tuple(flags.FLAGS[f.name] for f in flags.FLAGS.get_key_flags_for_module(module))
   for flag in own:
     delattr(flags.FLAGS, flag.name)
+  return own
+
+
+def script_runner(module):
+  """`run(*args) -> exit status` of an absl script's main, its flags defined only while it runs."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  own = script_flags(module)
 
   def run(*args) -> int:
     for flag in own:
