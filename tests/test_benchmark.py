@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from absl import flags
+import conftest
 from model_utils import cheap_jit, variable_shapes
 from scripts.torch_refs import benchmark_nets, nchw, numpy_state_dict, randomize
 
@@ -19,9 +19,7 @@ from inception_jax.models import convert
 from scripts import benchmark
 
 # The script's flags belong to its command line; the functions tested here take arguments.
-# Dropping them lets other scripts' tests (convert_weights: --model) define their own.
-for _flag in flags.FLAGS.get_key_flags_for_module(benchmark):
-  delattr(flags.FLAGS, _flag.name)
+conftest.script_flags(benchmark)
 
 TINY_MNIST = {'widths': (4, 8), 'hidden_units': 32}
 

@@ -97,7 +97,7 @@ def test_fine_tuning_learns_and_a_frozen_backbone_stays_bit_identical(tiny_weigh
     assert len(changed) == len(backbone) and len(changed_stats) == len(stats)
 
 
-def test_the_classifier_is_found_from_the_model_and_kept_when_the_classes_match(weights_file):
+def test_the_classifier_is_found_from_the_model_and_kept_when_the_classes_match(tiny_weights):
   assert finetune.classifier_paths(models.create_model('googlenet')) == {
       'fc/kernel',
       'fc/bias',
@@ -112,11 +112,18 @@ def test_the_classifier_is_found_from_the_model_and_kept_when_the_classes_match(
       'AuxLogits/fc/kernel',
       'AuxLogits/fc/bias',
   }
-  config = config_for(weights_file, 'head')
-  model, keep = finetune.create_model(config, 1000)  # an ImageNet-sized dataset keeps the classifier
-  assert model.transform_input and 'params/fc/kernel' in keep
+  config = config_for(tiny_weights, 'head', 'mnist_inception')
+  model, keep = finetune.create_model(config, 5)  # the weights' own class count keeps their classifier
+  assert model.use_batchnorm and model.widths == (4, 8) and 'params/fc2/kernel' in keep
   model, keep = finetune.create_model(config, 10)
-  assert model.num_classes == 10 and 'params/fc/kernel' not in keep and 'params/conv1/conv/kernel' in keep
+  assert model.num_classes == 10 and 'params/fc2/kernel' not in keep and 'params/fc1/kernel' in keep
+  assert 'batch_stats/inception1/branch1x1/bn/mean' in keep
+
+
+def test_the_weights_layout_comes_with_them(weights_file):
+  """A torchvision file gives torchvision's GoogLeNet (its layout and transform_input), not the paper's."""
+  model, _ = finetune.create_model(config_for(weights_file, 'all'), 10)
+  assert (model.layout, model.transform_input, model.num_classes) == ('torchvision', True, 10)
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ def googlenet_file():
 @pytest.fixture
 def server():
   """A local HTTP server of `files` ({path: (body, headers)}); a body of None announces 1000
-  bytes and sends 10. `requests` lists the paths asked for."""
+  bytes and sends 10, a str redirects there. `requests` lists the paths asked for."""
   files, requests = {}, []
 
   class Handler(http.server.BaseHTTPRequestHandler):
@@ -44,6 +44,14 @@ def server():
         self.send_error(404)
         return
       body, headers = files[self.path]
+      if isinstance(body, str):  # a redirect, as the Hugging Face hub's to its storage
+        self.send_response(302)
+        self.send_header('Location', body)
+        self.send_header('Content-Length', '0')
+        for name, value in headers.items():
+          self.send_header(name, value)
+        self.end_headers()
+        return
       self.send_response(200)
       self.send_header('Content-Length', '1000' if body is None else str(len(body)))
       for name, value in headers.items():
@@ -135,7 +143,12 @@ def test_a_name_without_hash_is_checked_against_the_sha256_the_server_declares(
   with pytest.raises(ValueError, match='not 0000000000000000'):
     models.load_pretrained('googlenet', 'hub')
   assert os.listdir(cache) == []
-  publish(monkeypatch, server, body, 'model.pth', headers={'X-Linked-Etag': f'"{digest}"'}, tag='hub')
+  # The hub declares it on the redirect to its storage, whose response does not.
+  server.files['/storage/blob'] = (body, {})
+  publish(monkeypatch, server, '/storage/blob', 'model.pth', headers={'X-Linked-Etag': f'"{"0" * 64}"'}, tag='hub')
+  with pytest.raises(ValueError, match='not 0000000000000000'):
+    models.load_pretrained('googlenet', 'hub')
+  publish(monkeypatch, server, '/storage/blob', 'model.pth', headers={'X-Linked-Etag': f'"{digest}"'}, tag='hub')
   models.load_pretrained('googlenet', 'hub')
   assert os.path.isdir(cache / hub.CONVERTED / 'googlenet.hub')
 

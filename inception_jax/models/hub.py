@@ -181,8 +181,9 @@ def download(url: str, filename: str = '', sha256: str | None = None, *, cache: 
   target, received = os.path.join(cache, filename), 0
   try:
     digest = hashlib.sha256()
-    with os.fdopen(fd, 'wb') as f, urllib.request.urlopen(url, timeout=60) as response:
-      declared = response.headers.get('X-Linked-Etag', '').strip('"')
+    declared = _DeclaredSha256()
+    with os.fdopen(fd, 'wb') as f, urllib.request.build_opener(declared).open(url, timeout=60) as response:
+      declared.read(response.headers)
       while chunk := response.read(1 << 20):
         digest.update(chunk)
         f.write(chunk)
@@ -192,7 +193,7 @@ def download(url: str, filename: str = '', sha256: str | None = None, *, cache: 
         raise http.client.IncompleteRead(b'', int(size) - received)
       f.flush()
       os.fsync(f.fileno())
-    expected = sha256 or (declared if re.fullmatch(r'[a-f0-9]{64}', declared) else None)
+    expected = sha256 or declared.sha256
     if expected is None:
       logging.warning('%s: no sha256 known or declared for it; kept unchecked.', url)
     elif not digest.hexdigest().startswith(expected):
@@ -209,6 +210,22 @@ def download(url: str, filename: str = '', sha256: str | None = None, *, cache: 
     if os.path.exists(partial):
       os.remove(partial)
   return target
+
+
+class _DeclaredSha256(urllib.request.HTTPRedirectHandler):
+  """Follows redirects and keeps the sha256 a response on the way declares for the file: the
+  Hugging Face hub sends it as X-Linked-Etag on the redirect to its storage, not on the file."""
+
+  sha256: str | None = None
+
+  def read(self, headers) -> None:
+    etag = (headers.get('X-Linked-Etag') or '').strip('"')
+    if re.fullmatch(r'[a-f0-9]{64}', etag):
+      self.sha256 = etag
+
+  def redirect_request(self, req, fp, code, msg, headers, newurl):  # pylint: disable=too-many-arguments
+    self.read(headers)
+    return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 def _sha256(path: str) -> str:
