@@ -1,9 +1,11 @@
 import functools
+import http.server
 import json
 import os
 import pathlib
 import shutil
 import tempfile
+import threading
 
 import numpy as np
 import pytest
@@ -186,3 +188,52 @@ def script_runner(module):
         delattr(flags.FLAGS, flag.name)
 
   return run
+
+
+@pytest.fixture
+def http_server():
+  """A local HTTP server of `httpd.files` ({path: (body, headers)}) at `httpd.url`: a body of
+  bytes is sent whole; None announces 1000 bytes and sends 10; ... sends 10 bytes of a chunk of
+  1000; a str redirects there. `httpd.requests` lists the paths asked for."""
+  files, requests = {}, []
+
+  class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+
+    def do_GET(self):  # pylint: disable=invalid-name
+      requests.append(self.path)
+      if self.path not in files:
+        self.send_error(404)
+        return
+      body, headers = files[self.path]
+      if isinstance(body, str):  # a redirect, as the Hugging Face hub's to its storage
+        self.send_response(302)
+        self.send_header('Location', body)
+        self.send_header('Content-Length', '0')
+        for name, value in headers.items():
+          self.send_header(name, value)
+        self.end_headers()
+        return
+      self.send_response(200)
+      if body is Ellipsis:
+        self.send_header('Transfer-Encoding', 'chunked')
+      else:
+        self.send_header('Content-Length', '1000' if body is None else str(len(body)))
+      for name, value in headers.items():
+        self.send_header(name, value)
+      self.send_header('Connection', 'close')
+      self.end_headers()
+      self.wfile.write(b'3e8\r\n' + b'x' * 10 if body is Ellipsis else b'x' * 10 if body is None else body)
+      self.close_connection = True
+
+    def log_message(self, *args):
+      pass
+
+  httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+  thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+  thread.start()
+  httpd.files, httpd.requests = files, requests
+  httpd.url = f'http://127.0.0.1:{httpd.server_address[1]}'
+  yield httpd
+  httpd.shutdown()
+  httpd.server_close()

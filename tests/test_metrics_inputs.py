@@ -4,7 +4,6 @@ one-line ValueError (what scripts.fid prints as `error: ...`), and no file makes
 allocate more than it declares and a budget allows; a fuzz test of the .npz reader checks
 both on 10,000 mutated files."""
 
-import http.server
 import io
 import json
 import math
@@ -217,38 +216,11 @@ def test_npz_members_are_checked_against_their_size_and_budget_before_decompress
 # Weights downloads.
 
 
-@pytest.fixture
-def truncating_server():
-  """A local HTTP server whose bodies stop early: /length/... sends 10 of 1000 bytes its
-  Content-Length announces, /chunked/... 10 bytes of a 1000-byte chunk."""
-
-  class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = 'HTTP/1.1'
-
-    def do_GET(self):  # pylint: disable=invalid-name
-      self.send_response(200)
-      chunked = self.path.startswith('/chunked/')
-      self.send_header('Transfer-Encoding' if chunked else 'Content-Length', 'chunked' if chunked else '1000')
-      self.send_header('Connection', 'close')
-      self.end_headers()
-      self.wfile.write((b'3e8\r\n' if chunked else b'') + b'x' * 10)
-      self.close_connection = True
-
-    def log_message(self, *args):
-      pass
-
-  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-  thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-  thread.start()
-  yield f'http://127.0.0.1:{server.server_address[1]}'
-  server.shutdown()
-  server.server_close()
-
-
 @pytest.mark.parametrize('kind', ['length', 'chunked'])
-def test_an_interrupted_download_keeps_nothing_and_is_one_line(truncating_server, tmp_path, monkeypatch, kind):
+def test_an_interrupted_download_keeps_nothing_and_is_one_line(http_server, tmp_path, monkeypatch, kind):
   monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
-  url = f'{truncating_server}/{kind}/weights.pth'  # no sha256 prefix in the name: only the length tells
+  http_server.files[f'/{kind}/weights.pth'] = (None if kind == 'length' else ..., {})  # 10 bytes of 1000
+  url = f'{http_server.url}/{kind}/weights.pth'  # no sha256 prefix in the name: only the length tells
   message = one_line_error(
       lambda: metrics.fid_weights_file(str(tmp_path / 'cache'), url), r'could not download weights\.pth from'
   )

@@ -3,11 +3,9 @@ the caches of files and of converted variables, and each weights' preprocessing.
 
 import dataclasses
 import hashlib
-import http.server
 import io
 import math
 import os
-import threading
 
 import numpy as np
 import pytest
@@ -30,62 +28,17 @@ def googlenet_file():
 
 
 @pytest.fixture
-def server():
-  """A local HTTP server of `files` ({path: (body, headers)}); a body of None announces 1000
-  bytes and sends 10, a str redirects there. `requests` lists the paths asked for."""
-  files, requests = {}, []
-
-  class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = 'HTTP/1.1'
-
-    def do_GET(self):  # pylint: disable=invalid-name
-      requests.append(self.path)
-      if self.path not in files:
-        self.send_error(404)
-        return
-      body, headers = files[self.path]
-      if isinstance(body, str):  # a redirect, as the Hugging Face hub's to its storage
-        self.send_response(302)
-        self.send_header('Location', body)
-        self.send_header('Content-Length', '0')
-        for name, value in headers.items():
-          self.send_header(name, value)
-        self.end_headers()
-        return
-      self.send_response(200)
-      self.send_header('Content-Length', '1000' if body is None else str(len(body)))
-      for name, value in headers.items():
-        self.send_header(name, value)
-      self.send_header('Connection', 'close')
-      self.end_headers()
-      self.wfile.write(b'x' * 10 if body is None else body)
-      self.close_connection = True
-
-    def log_message(self, *args):
-      pass
-
-  httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-  thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-  thread.start()
-  httpd.files, httpd.requests = files, requests
-  httpd.url = f'http://127.0.0.1:{httpd.server_address[1]}'
-  yield httpd
-  httpd.shutdown()
-  httpd.server_close()
-
-
-@pytest.fixture
 def cache(tmp_path, monkeypatch):
   monkeypatch.setenv(hub.CACHE_ENV, str(tmp_path / 'cache'))
   monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
   return tmp_path / 'cache'
 
 
-def publish(monkeypatch, server, body, name, sha256=None, headers=None, tag='torchvision'):
+def publish(monkeypatch, http_server, body, name, sha256=None, headers=None, tag='torchvision'):
   """Serves `body` as /models/`name` and points googlenet's weights `tag` at it."""
-  server.files[f'/models/{name}'] = (body, headers or {})
+  http_server.files[f'/models/{name}'] = (body, headers or {})
   published = hub.pretrained_weights('googlenet', 'torchvision')
-  entry = dataclasses.replace(published, tag=tag, url=f'{server.url}/models/{name}', sha256=sha256)
+  entry = dataclasses.replace(published, tag=tag, url=f'{http_server.url}/models/{name}', sha256=sha256)
   monkeypatch.setitem(hub.WEIGHTS, 'googlenet', {**hub.WEIGHTS['googlenet'], tag: entry})
   return entry
 
@@ -96,10 +49,12 @@ def one_line(error: pytest.ExceptionInfo) -> str:
   return message
 
 
-def test_one_call_downloads_checks_converts_and_then_reads_the_cache_only(server, cache, googlenet_file, monkeypatch):
+def test_one_call_downloads_checks_converts_and_then_reads_the_cache_only(
+    http_server, cache, googlenet_file, monkeypatch
+):
   body, state = googlenet_file
   name = f'googlenet-{hashlib.sha256(body).hexdigest()[:8]}.pth'
-  publish(monkeypatch, server, body, name)
+  publish(monkeypatch, http_server, body, name)
 
   model, variables = models.load_pretrained('googlenet', 'torchvision')
   # torchvision's builder: its layout, transform_input, dropout 0.2, and the untrained aux heads left out.
@@ -109,24 +64,24 @@ def test_one_call_downloads_checks_converts_and_then_reads_the_cache_only(server
       variables['batch_stats']['inception4b']['branch5x5']['bn']['mean'],
       state['inception4b.branch3.1.bn.running_mean'].numpy(),
   )
-  assert server.requests == [f'/models/{name}']
+  assert http_server.requests == [f'/models/{name}']
   assert sorted(os.listdir(cache)) == [hub.CONVERTED, name]
   assert os.listdir(cache / hub.CONVERTED) == ['googlenet.torchvision']  # no temporary folder left
 
   # The next call: no network (the server is gone) and no conversion.
-  server.shutdown()
+  http_server.shutdown()
   monkeypatch.setattr(convert, 'convert_state_dict', lambda *a, **k: pytest.fail('converted again'))
   again_model, again = models.load_pretrained('googlenet', drop_rate=0.5)  # the default tag, and an override
   assert again_model.drop_rate == 0.5 and again_model.transform_input
   np.testing.assert_array_equal(
       again['params']['conv1']['conv']['kernel'], variables['params']['conv1']['conv']['kernel']
   )
-  assert server.requests == [f'/models/{name}']
+  assert http_server.requests == [f'/models/{name}']
 
 
-def test_a_file_whose_sha256_differs_is_refused_and_not_kept(server, cache, monkeypatch):
+def test_a_file_whose_sha256_differs_is_refused_and_not_kept(http_server, cache, monkeypatch):
   body = b'not the published weights'
-  publish(monkeypatch, server, body, 'googlenet-0123abcd.pth')  # the name's sha256 prefix is not the body's
+  publish(monkeypatch, http_server, body, 'googlenet-0123abcd.pth')  # the name's sha256 prefix is not the body's
   with pytest.raises(ValueError) as error:
     models.load_pretrained('googlenet', 'torchvision')
   assert 'not 0123abcd' in one_line(error) and 'not kept' in str(error.value)
@@ -134,27 +89,27 @@ def test_a_file_whose_sha256_differs_is_refused_and_not_kept(server, cache, monk
 
 
 def test_a_name_without_hash_is_checked_against_the_sha256_the_server_declares(
-    server, cache, googlenet_file, monkeypatch
+    http_server, cache, googlenet_file, monkeypatch
 ):
   body, _ = googlenet_file
   digest = hashlib.sha256(body).hexdigest()
   # The Hugging Face hub names LFS files model.safetensors and declares their sha256 in X-Linked-Etag.
-  publish(monkeypatch, server, body, 'model.pth', headers={'X-Linked-Etag': f'"{"0" * 64}"'}, tag='hub')
+  publish(monkeypatch, http_server, body, 'model.pth', headers={'X-Linked-Etag': f'"{"0" * 64}"'}, tag='hub')
   with pytest.raises(ValueError, match='not 0000000000000000'):
     models.load_pretrained('googlenet', 'hub')
   assert os.listdir(cache) == []
   # The hub declares it on the redirect to its storage, whose response does not.
-  server.files['/storage/blob'] = (body, {})
-  publish(monkeypatch, server, '/storage/blob', 'model.pth', headers={'X-Linked-Etag': f'"{"0" * 64}"'}, tag='hub')
+  http_server.files['/storage/blob'] = (body, {})
+  publish(monkeypatch, http_server, '/storage/blob', 'model.pth', headers={'X-Linked-Etag': f'"{"0" * 64}"'}, tag='hub')
   with pytest.raises(ValueError, match='not 0000000000000000'):
     models.load_pretrained('googlenet', 'hub')
-  publish(monkeypatch, server, '/storage/blob', 'model.pth', headers={'X-Linked-Etag': f'"{digest}"'}, tag='hub')
+  publish(monkeypatch, http_server, '/storage/blob', 'model.pth', headers={'X-Linked-Etag': f'"{digest}"'}, tag='hub')
   models.load_pretrained('googlenet', 'hub')
   assert os.path.isdir(cache / hub.CONVERTED / 'googlenet.hub')
 
 
-def test_an_interrupted_download_leaves_nothing_and_says_how_to_pass_the_file(server, cache, monkeypatch):
-  entry = publish(monkeypatch, server, None, 'googlenet-1378be20.pth')  # 10 of 1000 bytes
+def test_an_interrupted_download_leaves_nothing_and_says_how_to_pass_the_file(http_server, cache, monkeypatch):
+  entry = publish(monkeypatch, http_server, None, 'googlenet-1378be20.pth')  # 10 of 1000 bytes
   with pytest.raises(ValueError) as error:
     models.load_pretrained('googlenet')
   message = one_line(error)
