@@ -62,7 +62,7 @@ class Classifier:
 
   def __init__(self, model: str, weights: str | None = None, batch_size: int = 16):
     self.model, self.variables = models.load_pretrained(model, weights)
-    if weights is None or os.path.exists(weights):
+    if weights is not None and os.path.exists(weights):
       imagenet = getattr(self.model, 'transform_input', False)
       self.preprocessing = dataclasses.replace(
           hub.pretrained_weights(model).preprocessing,

@@ -11,7 +11,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from conftest import ROOT
-from experiments.configs import default, imagenet_inception, mnist_inception
+from experiments.configs import default, finetune, imagenet_inception, mnist_inception
 from inception_jax import train
 
 MNIST = 'experiments/configs/mnist_inception.py'
@@ -60,6 +60,7 @@ def test_readme_variants_and_mnist_only_overrides():
         mnist_inception.get_config,
         lambda: imagenet_inception.get_config('googlenet'),
         lambda: imagenet_inception.get_config('inception_v3'),
+        lambda: finetune.get_config('inception_v3.tf_in1k'),
     ],
 )
 def test_every_config_has_exactly_the_default_schema(get_config):
