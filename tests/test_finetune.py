@@ -96,6 +96,10 @@ def test_fine_tuning_learns_and_a_frozen_backbone_stays_bit_identical(tiny_weigh
   else:
     assert len(changed) == len(backbone) and len(changed_stats) == len(stats)
 
+  # The same command again resumes the finished run from its checkpoint: it only evaluates.
+  _, again = train.train_and_evaluate(config, str(tmp_path))
+  assert (again['step'], again['test_accuracy']) == (final['step'], final['test_accuracy'])
+
 
 def test_the_classifier_is_found_from_the_model_and_kept_when_the_classes_match(tiny_weights):
   assert finetune.classifier_paths(models.create_model('googlenet')) == {
