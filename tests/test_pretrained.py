@@ -7,13 +7,14 @@ import io
 import math
 import os
 
+import jax
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from inception_jax import models, preprocess
-from inception_jax.models import convert, hub
+from inception_jax.models import convert, hub, pretrained
 from scripts.torch_refs import torchvision_googlenet as tv_googlenet
 
 
@@ -213,3 +214,15 @@ def test_preprocessing_crops_the_centre_as_torchvision_does():
   assert fid.transform(rng.integers(0, 256, (20, 30, 1), np.uint8)).shape == (299, 299, 3)
   with pytest.raises(ValueError, match=r'expected an HWC uint8 image with 1 or 3 channels .*float64 \(8, 8, 3\)'):
     p.transform(np.zeros((8, 8, 3)))
+
+
+def test_a_cache_entry_another_process_wrote_first_is_kept_and_nothing_else_is_left(tmp_path):
+  model = models.create_model('mnist_inception', widths=(4, 8), reduce_width=4, hidden_units=8)
+  first = model.init(jax.random.PRNGKey(0), np.zeros((1, 28, 28, 1), np.float32), train=False)
+  second = jax.tree.map(lambda x: x + 1, first)
+  folder = str(tmp_path / 'converted' / 'mnist_inception.tag')
+  pretrained._save_atomically(folder, 'mnist_inception', model, first)
+  pretrained._save_atomically(folder, 'mnist_inception', model, second)  # lost the race: no error
+  _, loaded = models.load_pretrained('mnist_inception', folder)
+  jax.tree.map(np.testing.assert_array_equal, loaded, first)
+  assert os.listdir(tmp_path / 'converted') == ['mnist_inception.tag']
