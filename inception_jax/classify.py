@@ -20,8 +20,8 @@ import warnings
 import jax
 import numpy as np
 
-from inception_jax import models, npz
-from inception_jax.metrics.sources import MAX_IMAGE_PIXELS
+from inception_jax import models
+from inception_jax.metrics import sources
 from inception_jax.models import hub
 from inception_jax.preprocess import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
 
@@ -34,21 +34,17 @@ def imagenet_classes() -> tuple[str, ...]:
   return tuple(text.splitlines())
 
 
-def load_image(path: str | os.PathLike):
-  """A PIL RGB image from a regular file; a damaged, foreign or oversized file is a one-line ValueError."""
+def load_image(path: str | os.PathLike) -> np.ndarray:
+  """HWC uint8 RGB pixels of a regular file in a format PIL decodes itself (metrics.IMAGE_FORMATS);
+  a damaged, foreign or oversized file is a one-line ValueError naming it."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
-  with npz.open_regular(path) as f, warnings.catch_warnings():
+  with warnings.catch_warnings():
     warnings.simplefilter('ignore', Image.DecompressionBombWarning)  # refused below, with the budget named
-    try:
-      with Image.open(f) as image:
-        if image.width * image.height > MAX_IMAGE_PIXELS:
-          raise ValueError(f'{path}: {image.width}x{image.height} pixels are over the budget of {MAX_IMAGE_PIXELS:,}.')
-        return image.convert('RGB')
-    except ValueError:
-      raise
-    except Exception as e:  # PIL raises several types for damaged files
-      raise ValueError(f'cannot read image {path}: {type(e).__name__}: {e}') from None
+    width, height = sources.read_image(path, decode=False)
+    if width * height > sources.MAX_IMAGE_PIXELS:
+      raise ValueError(f'{path}: {width}x{height} pixels are over the budget of {sources.MAX_IMAGE_PIXELS:,}.')
+    return sources.read_image(path)
 
 
 class Classifier:

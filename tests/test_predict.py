@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 import conftest
-from inception_jax import classify, models
+from inception_jax import classify, metrics, models
 from scripts import predict
 from scripts.torch_refs import randomize
 from scripts.torch_refs import torchvision_googlenet as tv_googlenet
@@ -79,3 +79,13 @@ def test_bad_images_and_weights_are_one_line(tmp_path, googlenet_file, capsys):
   assert run('--model=googlenet', '--pretrained=imagenet', tmp_path / 'broken.png') == 1
   err = capsys.readouterr().err
   assert err.count('\n') == 1 and "'googlenet' has no weights 'imagenet'" in err
+
+
+def test_an_image_in_a_format_that_runs_a_program_is_refused_unopened(tmp_path):
+  """PIL hands PostScript (EPS) to Ghostscript, a program: named .png, it must not even be identified."""
+  eps = b'%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n'
+  (tmp_path / 'image.png').write_bytes(eps)
+  with pytest.raises(ValueError, match=r'cannot read image .*image\.png: UnidentifiedImageError'):
+    classify.load_image(tmp_path / 'image.png')
+  with pytest.raises(ValueError, match=r'cannot read image .*image\.png: UnidentifiedImageError'):
+    metrics.open_path(str(tmp_path))

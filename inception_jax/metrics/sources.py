@@ -78,26 +78,29 @@ class FolderImages:
     return np.stack(images) if images else np.zeros((0, *self.image_shape), np.uint8)
 
 
-def _image_size(file) -> tuple[int, int]:
+# The formats PIL may decode: not PostScript/EPS, which it hands to Ghostscript (a program).
+IMAGE_FORMATS = ('BMP', 'GIF', 'JPEG', 'PNG', 'PPM', 'TIFF', 'WEBP')
+
+
+def read_image(file, decode: bool = True):
+  """The RGB pixels of a regular file (HWC uint8), or with decode=False only its (width, height);
+  whatever is wrong with it is a one-line ValueError naming it."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
   with npz.open_regular(file) as f:
     try:
-      with Image.open(f) as image:
-        return image.size
+      with Image.open(f, formats=IMAGE_FORMATS) as image:
+        return np.asarray(image.convert('RGB')) if decode else image.size
     except Exception as e:  # PIL raises several types for damaged files
       raise ValueError(f'cannot read image {file}: {type(e).__name__}: {e}') from None
 
 
-def _decode(file) -> np.ndarray:
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+def _image_size(file) -> tuple[int, int]:
+  return read_image(file, decode=False)
 
-  with npz.open_regular(file) as f:
-    try:
-      with Image.open(f) as image:
-        return np.asarray(image.convert('RGB'))
-    except Exception as e:
-      raise ValueError(f'cannot read image {file}: {type(e).__name__}: {e}') from None
+
+def _decode(file) -> np.ndarray:
+  return read_image(file)
 
 
 class NpzImages:
