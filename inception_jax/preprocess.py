@@ -81,7 +81,8 @@ class Preprocessing:
       image -> shorter side resized to `resize_size` (PIL, `interpolation`) -> central
       `input_size` x `input_size` crop -> [0, 1] -> (x - mean) / std per channel
 
-  `resize_size=None` resizes the whole image to `input_size` x `input_size` instead (no crop).
+  `resize_size=None` resizes the whole image to `input_size` x `input_size` instead, as
+  pytorch-fid's wrapper does: torch's `F.interpolate` (bilinear, no antialiasing), no crop.
   """
 
   input_size: int
@@ -117,7 +118,8 @@ class Preprocessing:
     resample = {'bilinear': Image.Resampling.BILINEAR, 'bicubic': Image.Resampling.BICUBIC}[self.interpolation]
     w, h = image.size
     if self.resize_size is None:
-      image = image.resize((self.input_size, self.input_size), resample)
+      x = resize_bilinear(jnp.asarray(np.asarray(image, np.float32) / 255.0)[None], self.input_size)[0]
+      return (np.asarray(x) - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
     else:  # torchvision's Resize(int): the shorter side to resize_size, the longer side truncated
       short, long = min(w, h), max(w, h)
       new_long = int(self.resize_size * long / short)

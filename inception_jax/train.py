@@ -650,6 +650,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
       state, meta = restored
       check_resume(meta.get('config', {}), record['config'], int(state.step), config.allow_config_change)
       logging.info('Resumed from the checkpoint of step %d in %s.', int(state.step), checkpointer.directory)
+    pretrained = None  # the state holds what it needs
     step = int(state.step)
     if step >= config.num_train_steps:
       logging.info('This run already finished (step %d of %d); evaluating only.', step, config.num_train_steps)

@@ -34,11 +34,11 @@ RUN_BY_CI = {'pytest'}
 
 def doc_commands() -> dict[str, str]:
   """{command: 'file:line'} of every `python -m` command in the docs: the lines of code blocks
-  (backslash continuations joined) and `inline code`."""
+  (backslash continuations joined) and `inline code` (which may wrap within its paragraph)."""
   found = {}
   for path in DOCS:
-    lines = path.read_text().splitlines()
-    i = 0
+    lines = path.read_text().splitlines() + ['']
+    i, paragraph = 0, []
     while i < len(lines):
       line, start = lines[i], i
       if line.startswith('    ') and 'python -m ' in line:
@@ -46,9 +46,13 @@ def doc_commands() -> dict[str, str]:
           i += 1
           line = line.rstrip()[:-1] + ' ' + lines[i].strip()
         found.setdefault(line.strip(), f'{path.name}:{start + 1}')
+      elif line.strip() and not line.startswith('    '):
+        paragraph.append((start, line))
       else:
-        for command in re.findall(r'`([^`]*python -m [^`]+)`', line):
-          found.setdefault(command, f'{path.name}:{start + 1}')
+        text = ' '.join(l for _, l in paragraph)
+        for command in re.findall(r'`([^`]*python -m [^`]+)`', text):
+          found.setdefault(command, f'{path.name}:{paragraph[0][0] + 1}')
+        paragraph = []
       i += 1
   return found
 

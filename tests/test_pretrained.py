@@ -6,6 +6,7 @@ import hashlib
 import io
 import math
 import os
+import pathlib
 
 import jax
 import numpy as np
@@ -55,7 +56,7 @@ def test_one_call_downloads_checks_converts_and_then_reads_the_cache_only(
 ):
   body, state = googlenet_file
   name = f'googlenet-{hashlib.sha256(body).hexdigest()[:8]}.pth'
-  publish(monkeypatch, http_server, body, name)
+  entry = publish(monkeypatch, http_server, body, name)
 
   model, variables = models.load_pretrained('googlenet', 'torchvision')
   # torchvision's builder: its layout, transform_input, dropout 0.2, and the untrained aux heads left out.
@@ -67,7 +68,11 @@ def test_one_call_downloads_checks_converts_and_then_reads_the_cache_only(
   )
   assert http_server.requests == [f'/models/{name}']
   assert sorted(os.listdir(cache)) == [hub.CONVERTED, name]
-  assert os.listdir(cache / hub.CONVERTED) == ['googlenet.torchvision']  # no temporary folder left
+  assert os.listdir(cache / hub.CONVERTED) == [os.path.basename(hub.converted_dir(entry))]  # no temporary left
+  assert os.path.basename(hub.converted_dir(entry)).startswith('googlenet.torchvision-')
+  umask = os.umask(0)
+  os.umask(umask)
+  assert (cache / name).stat().st_mode & 0o777 == 0o666 & ~umask  # readable as a shared cache, not mkstemp's 0600
 
   # The next call: no network (the server is gone) and no conversion.
   http_server.shutdown()
@@ -104,9 +109,16 @@ def test_a_name_without_hash_is_checked_against_the_sha256_the_server_declares(
   publish(monkeypatch, http_server, '/storage/blob', 'model.pth', headers={'X-Linked-Etag': f'"{"0" * 64}"'}, tag='hub')
   with pytest.raises(ValueError, match='not 0000000000000000'):
     models.load_pretrained('googlenet', 'hub')
-  publish(monkeypatch, http_server, '/storage/blob', 'model.pth', headers={'X-Linked-Etag': f'"{digest}"'}, tag='hub')
+  entry = publish(
+      monkeypatch, http_server, '/storage/blob', 'model.pth', headers={'X-Linked-Etag': f'"{digest}"'}, tag='hub'
+  )
   models.load_pretrained('googlenet', 'hub')
-  assert os.path.isdir(cache / hub.CONVERTED / 'googlenet.hub')
+  assert os.path.isdir(hub.converted_dir(entry))
+  # With no sha256 published or declared, nothing is kept unchecked.
+  publish(monkeypatch, http_server, body, 'unchecked.pth', tag='unchecked')
+  with pytest.raises(ValueError, match='no sha256 is published or declared for it to be checked against; not kept'):
+    models.load_pretrained('googlenet', 'unchecked')
+  assert 'unchecked.pth' not in os.listdir(cache)
 
 
 def test_an_interrupted_download_leaves_nothing_and_says_how_to_pass_the_file(http_server, cache, monkeypatch):
@@ -210,8 +222,20 @@ def test_preprocessing_crops_the_centre_as_torchvision_does():
   grey = p.transform(rng.integers(0, 256, (500, 700), np.uint8))
   unnormalized = grey * np.float32(preprocess.IMAGENET_STD) + np.float32(preprocess.IMAGENET_MEAN)
   assert grey.shape == (299, 299, 3) and np.allclose(unnormalized[..., :1], unnormalized, atol=1e-6)
+  # A resize: 517 wide, 333 high -> Resize(342) makes it 530 x 342 (int(342 * 517 / 333) = 530), then
+  # CenterCrop(299) takes top int(round(21.5)) = 22, left int(round(115.5)) = 116 (rounding half to even).
+  image = rng.integers(0, 256, (333, 517, 3), np.uint8)
+  resized = np.asarray(Image.fromarray(image).resize((530, 342), Image.Resampling.BILINEAR))[22:321, 116:415]
+  expected = (resized / np.float32(255) - np.float32(preprocess.IMAGENET_MEAN)) / np.float32(preprocess.IMAGENET_STD)
+  np.testing.assert_allclose(p.transform(image), expected, rtol=1e-6, atol=1e-6)
+  # pytorch-fid's: the whole image to 299 x 299 as F.interpolate does it (no antialiasing), then [-1, 1].
   fid = hub.pretrained_weights('inception_v3_fid').preprocessing
-  assert fid.transform(rng.integers(0, 256, (20, 30, 1), np.uint8)).shape == (299, 299, 3)
+  small = rng.integers(0, 256, (20, 30, 1), np.uint8)
+  np.testing.assert_allclose(
+      fid.transform(small),
+      np.asarray(preprocess.fid_inputs(np.repeat(small, 3, -1)[None] / np.float32(255)))[0],
+      atol=1e-6,
+  )
   with pytest.raises(ValueError, match=r'expected an HWC uint8 image with 1 or 3 channels .*float64 \(8, 8, 3\)'):
     p.transform(np.zeros((8, 8, 3)))
 
@@ -226,3 +250,35 @@ def test_a_cache_entry_another_process_wrote_first_is_kept_and_nothing_else_is_l
   _, loaded = models.load_pretrained('mnist_inception', folder)
   jax.tree.map(np.testing.assert_array_equal, loaded, first)
   assert os.listdir(tmp_path / 'converted') == ['mnist_inception.tag']
+
+
+def test_a_tag_is_a_tag_whatever_folder_has_its_name(tmp_path, cache, googlenet_file, monkeypatch, http_server):
+  body, _ = googlenet_file
+  publish(monkeypatch, http_server, body, f'googlenet-{hashlib.sha256(body).hexdigest()[:8]}.pth')
+  (tmp_path / 'torchvision').mkdir()
+  monkeypatch.chdir(tmp_path)
+  assert models.load_pretrained('googlenet', 'torchvision')[0].layout == 'torchvision'
+
+
+def test_a_damaged_cache_entry_is_one_line_saying_to_delete_it(cache, googlenet_file, monkeypatch, http_server):
+  body, _ = googlenet_file
+  entry = publish(monkeypatch, http_server, body, f'googlenet-{hashlib.sha256(body).hexdigest()[:8]}.pth')
+  models.load_pretrained('googlenet')
+  for root, _, files in os.walk(hub.converted_dir(entry)):
+    for file in files:
+      if 'manifest' in file or file.endswith('.ocdbt') or 'd/' in root + '/':
+        pathlib.Path(root, file).write_bytes(b'damaged')
+  with pytest.raises(ValueError) as error:
+    models.load_pretrained('googlenet')
+  assert one_line(error).startswith(f'cannot read converted weights {hub.converted_dir(entry)} (')
+  assert one_line(error).endswith('delete the folder to download and convert again.')
+
+
+def test_the_offline_hint_of_a_timm_file_names_its_layout(cache):
+  published = hub.pretrained_weights('inception_v3', 'tf_in1k')
+  entry = dataclasses.replace(
+      published, url='http://127.0.0.1:9/timm/inception_v3.tf_in1k/resolve/main/model.safetensors'
+  )
+  with pytest.raises(ValueError) as error:
+    models.pretrained.load_published(entry)
+  assert one_line(error).endswith("load_pretrained('inception_v3', 'PATH/model.safetensors', source='timm').")

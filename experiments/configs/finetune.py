@@ -17,7 +17,8 @@ frozen with its BatchNorm statistics (it learns faster at `--config.learning_rat
 The data: any TFDS image-classification dataset by name, through the Inception input pipeline
 at the weights' own preprocessing (input size, evaluation crop, mean/std). The last tenth of
 its 'train' split is held out for evaluation, so datasets with only a 'train' split
-(tf_flowers) work as they are; `--config.eval_split=test` uses a test split instead.
+(tf_flowers) work as they are; `--config.train_split=train --config.eval_split=test` trains on
+all of it and evaluates on a test split instead.
 """
 
 import ml_collections

@@ -6,10 +6,10 @@
     x = weights.preprocessing.transform(pil_image)   # resize, centre crop, normalize, as torchvision does
 
 A file is downloaded once into the cache ($INCEPTION_JAX_CACHE, default
-~/.cache/inception_jax; pytorch's own torch.hub folder is looked in first), checked against
-its sha256 before it is kept, and converted once: the Flax variables go to
-`converted/<model>.<tag>/` in the cache, so the next call reads them with no network and
-no conversion. Entries and their preprocessing follow torchvision's `Weights` and timm's
+~/.cache/inception_jax; a copy in torch.hub's folder is used if it passes the check), checked
+against its sha256 before it is kept, and converted once: the Flax variables go to
+`converted/<model>.<tag>-<hash of the URL>/` in the cache, so the next call reads them with no
+network and no conversion. Entries and their preprocessing follow torchvision's `Weights` and timm's
 `pretrained_cfg` for the same files.
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import http.client
-import logging
 import os
 import re
 import tempfile
@@ -28,6 +27,7 @@ from inception_jax.preprocess import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN
 
 CACHE_ENV = 'INCEPTION_JAX_CACHE'  # where downloaded and converted weights go; default ~/.cache/inception_jax
 CONVERTED = 'converted'  # the cache's folder of converted weights
+CONVERTED_VERSION = 1  # part of a converted folder's name: raise it when the conversion changes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +140,10 @@ def cache_dir() -> str:
 
 
 def converted_dir(weights: Weights) -> str:
-  return os.path.join(cache_dir(), CONVERTED, weights.name)
+  """The cache's folder of `weights` converted: named after the file's URL and the conversion's
+  version too, so that neither a new file nor a changed conversion reads an old folder."""
+  key = hashlib.sha256(f'{weights.url} {CONVERTED_VERSION}'.encode()).hexdigest()[:8]
+  return os.path.join(cache_dir(), CONVERTED, f'{weights.name}-{key}')
 
 
 def _cache_home() -> str:
@@ -193,10 +196,13 @@ def download(url: str, filename: str = '', sha256: str | None = None, *, cache: 
         raise http.client.IncompleteRead(b'', int(size) - received)
       f.flush()
       os.fsync(f.fileno())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(partial, 0o666 & ~umask)  # as open() makes a file, not mkstemp's 0600: caches are shared
     expected = sha256 or declared.sha256
     if expected is None:
-      logging.warning('%s: no sha256 known or declared for it; kept unchecked.', url)
-    elif not digest.hexdigest().startswith(expected):
+      raise ValueError(f'{url}: no sha256 is published or declared for it to be checked against; not kept.')
+    if not digest.hexdigest().startswith(expected):
       raise ValueError(
           f'{url} downloaded with sha256 {digest.hexdigest()[:16]}..., not {expected[:16]}...: '
           'a damaged or different file; not kept.'

@@ -62,25 +62,36 @@ def load_pretrained(name: str, weights: str | os.PathLike | None = None, *, sour
   `global_pool`, ...). Variables the model needs but the weights lack raise ValueError;
   ones they have but the model does not use are logged and dropped.
   """
-  if weights is not None and os.path.isdir(weights):
+  if weights is None or weights in hub.WEIGHTS.get(name, {}):  # a tag first, whatever folder has its name
+    return load_published(hub.pretrained_weights(name, weights), **overrides)
+  if os.path.isdir(weights):
     return _load_converted(name, os.path.abspath(weights), overrides)
-  if weights is not None and os.path.isfile(weights):
+  if os.path.isfile(weights):
     return _convert_file(name, os.fspath(weights), source, overrides)
-  if weights is not None and (os.sep in os.fspath(weights) or '.' in os.path.basename(weights)):
+  if os.sep in os.fspath(weights) or '.' in os.path.basename(weights):
     raise ValueError(f'{weights}: no such file or folder (weights for {name}: a tag, a file or a converted folder).')
-  return load_published(hub.pretrained_weights(name, weights), **overrides)
+  return load_published(hub.pretrained_weights(name, weights), **overrides)  # names the tags
 
 
 def load_published(weights: hub.Weights, *, hint: str = '', **overrides):
   """(model, variables) of a registry entry: from the converted cache, else downloaded (once;
   `hint` says how to pass a local copy when that fails), converted and cached."""
   folder = hub.converted_dir(weights)
-  if not os.path.isdir(folder):
-    hint = hint or f"pass its path: load_pretrained({weights.model!r}, 'PATH/{os.path.basename(weights.url)}')"
-    path = hub.download(weights.url, weights.file, weights.sha256, hint=hint)
-    model, variables = _convert_file(weights.model, path, weights.source, {})
+  if os.path.isdir(folder):
+    return _load_converted(weights.model, folder, overrides)
+  if not hint:
+    source = (
+        '' if weights.source == next(iter(convert.WEIGHT_SOURCES[weights.model])) else f', source={weights.source!r}'
+    )
+    hint = f"pass its path: load_pretrained({weights.model!r}, 'PATH/{os.path.basename(weights.url)}'{source})"
+  path = hub.download(weights.url, weights.file, weights.sha256, hint=hint)
+  model, variables = _convert_file(weights.model, path, weights.source, {})
+  # Orbax writes a checkpoint with every process of a multi-process run; each converts its own copy here.
+  if jax.process_count() == 1:
     _save_atomically(folder, weights.model, model, variables, source=weights.source, source_file=weights.url)
-  return _load_converted(weights.model, folder, overrides)
+  if not overrides:
+    return model, variables
+  return _checked(weights.model, {**convert.model_config(model), **overrides}, variables, path)
 
 
 def _convert_file(name: str, path: str, source: str | None, overrides: dict[str, Any]):
@@ -121,12 +132,17 @@ def _load_converted(name: str, path: str, overrides: dict[str, Any]):
   checkpointer = ocp.StandardCheckpointer()
   try:
     metadata = checkpointer.metadata(path).custom_metadata or {}
-    saved_name = metadata.get('model')
-    if saved_name is not None and saved_name != name:
-      raise ValueError(f'{path} holds weights for {saved_name!r}, not {name!r}.')
     restored = checkpointer.restore(path)
+  except Exception as e:  # pylint: disable=broad-except  # Orbax's and TensorStore's errors for a damaged folder
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise ValueError(
+        f'cannot read converted weights {path} ({type(e).__name__}: {reason[:200]})'
+        + ('; delete the folder to download and convert again.' if path.startswith(hub.cache_dir()) else '.')
+    ) from None
   finally:
     checkpointer.close()
+  if metadata.get('model', name) != name:
+    raise ValueError(f"{path} holds weights for {metadata['model']!r}, not {name!r}.")
   config = {k: tuple(v) if isinstance(v, list) else v for k, v in metadata.get('config', {}).items()}  # JSON's lists
   return _checked(name, {**config, **overrides}, restored, path)
 
