@@ -57,6 +57,8 @@ class Classifier:
   """
 
   def __init__(self, model: str, weights: str | None = None, batch_size: int = 16):
+    if batch_size < 1:
+      raise ValueError(f'batch_size must be at least 1, got {batch_size}.')
     self.model, self.variables = models.load_pretrained(model, weights)
     if weights is not None and os.path.exists(weights):
       imagenet = getattr(self.model, 'transform_input', False)

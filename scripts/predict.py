@@ -31,6 +31,21 @@ _EMBED = flags.DEFINE_string('embed', None, 'Write the pre-logits features of th
 _BATCH = flags.DEFINE_integer('batch_size', 16, 'Images per step.')
 
 
+def _save_atomically(path: str, array: np.ndarray) -> None:
+  """np.save to a temporary file in the same folder, then renamed: whole or not at all."""
+  fd, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix='.npy')
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      np.save(f, array)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)  # as open() would make it, not mkstemp's 0600
+    os.replace(temporary, path)
+  finally:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+
+
 def main(argv) -> int:
   files = argv[1:]
   if not files:
@@ -47,14 +62,12 @@ def main(argv) -> int:
     print(file)
     for probability, index, name in classify.top_k(p, _TOP.value):
       print(f'  {probability:.4f}  {index:4d}  {name}')
-  if _EMBED.value:  # whole or not at all
-    fd, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(_EMBED.value)), suffix='.npy')
-    with os.fdopen(fd, 'wb') as f:
-      np.save(f, embeddings.astype(np.float32))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)  # as open() would make it, not mkstemp's 0600
-    os.replace(temporary, _EMBED.value)
+  if _EMBED.value:
+    try:
+      _save_atomically(_EMBED.value, embeddings.astype(np.float32))
+    except OSError as e:
+      print(f'error: cannot write --embed={_EMBED.value}: {e.strerror or e}', file=sys.stderr)
+      return 1
     print(f'wrote {_EMBED.value}: {embeddings.shape[0]} x {embeddings.shape[1]} float32')
   return 0
 
