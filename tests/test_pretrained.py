@@ -36,11 +36,13 @@ def cache(tmp_path, monkeypatch):
   return tmp_path / 'cache'
 
 
-def publish(monkeypatch, http_server, body, name, sha256=None, headers=None, tag='torchvision'):
-  """Serves `body` as /models/`name` and points googlenet's weights `tag` at it."""
-  http_server.files[f'/models/{name}'] = (body, headers or {})
+def publish(monkeypatch, http_server, body, name, sha256=None, headers=None, tag='torchvision', url=None):
+  """Serves `body` as /models/`name` (from `url` instead: no server) and points googlenet's weights `tag` at it."""
+  if http_server is not None:
+    http_server.files[f'/models/{name}'] = (body, headers or {})
   published = hub.pretrained_weights('googlenet', 'torchvision')
-  entry = dataclasses.replace(published, tag=tag, url=f'{http_server.url}/models/{name}', sha256=sha256)
+  base = url or http_server.url
+  entry = dataclasses.replace(published, tag=tag, url=f'{base}/models/{name}', sha256=sha256)
   monkeypatch.setitem(hub.WEIGHTS, 'googlenet', {**hub.WEIGHTS['googlenet'], tag: entry})
   return entry
 
@@ -127,8 +129,27 @@ def test_an_interrupted_download_leaves_nothing_and_says_how_to_pass_the_file(ht
     models.load_pretrained('googlenet')
   message = one_line(error)
   assert 'interrupted after 10 bytes' in message and entry.url in message
+  assert f'put it at {cache}/googlenet-1378be20.pth (then the tag finds it)' in message
   assert "load_pretrained('googlenet', 'PATH/googlenet-1378be20.pth')" in message
   assert os.listdir(cache) == []
+
+
+def test_a_copy_put_in_the_cache_by_hand_serves_the_tag_once_checked(cache, googlenet_file, monkeypatch):
+  body, state = googlenet_file
+  name = f'googlenet-{hashlib.sha256(body).hexdigest()[:8]}.pth'
+  publish(monkeypatch, None, body, name, url='http://127.0.0.1:9')  # offline
+  cache.mkdir()
+  (cache / name).write_bytes(body[:-1] + b'!')  # not the published file
+  with pytest.raises(ValueError) as error:
+    models.load_pretrained('googlenet')
+  assert (
+      one_line(error)
+      == f'{cache}/{name} is not the published {name} (its sha256 does not start {name[10:18]}): delete it.'
+  )
+  (cache / name).write_bytes(body)
+  model, variables = models.load_pretrained('googlenet')
+  assert model.transform_input  # the tag's layout, which a bare path would not know
+  np.testing.assert_array_equal(variables['params']['fc']['bias'], state['fc.bias'].numpy())
 
 
 def test_offline_with_nothing_cached_is_one_line_naming_the_url(cache):

@@ -158,18 +158,22 @@ def torch_hub_dir() -> str:
 def download(url: str, filename: str = '', sha256: str | None = None, *, cache: str | None = None, hint: str) -> str:
   """The path of `url`'s file, downloaded once into `cache` (default: cache_dir()) and checked.
 
-  Looks first in the cache, then in torch.hub's folder (a file there is used if it passes the check). The
-  check: `sha256` (the digest or its start), else the hex digits after the last '-' of the
-  file's name (torch.hub's convention), else the sha256 the server declares (X-Linked-Etag).
-  A download goes to a temporary file, renamed when complete and checked: an interrupted
-  or wrong download leaves nothing. `hint` says how to pass a local copy instead.
+  Looks first in the cache (where a copy fetched elsewhere may be put), then in torch.hub's
+  folder; a file found is checked too. The check: `sha256` (the digest or its start), else the
+  hex digits after the last '-' of the file's name (torch.hub's convention), else, for a
+  download, the sha256 the server declares (X-Linked-Etag). A download goes to a temporary
+  file, renamed when complete and checked: an interrupted or wrong download leaves nothing.
+  `hint` says how to pass a local copy instead.
   """
   filename = filename or os.path.basename(url)
   if sha256 is None and (match := re.search(r'-([a-f0-9]{8,64})\.', os.path.basename(url))):
     sha256 = match.group(1)
   cache = cache or cache_dir()
-  if os.path.isfile(os.path.join(cache, filename)):  # checked when it was downloaded
-    return os.path.join(cache, filename)
+  cached = os.path.join(cache, filename)
+  if os.path.isfile(cached):  # downloaded (and checked) before, or put there by hand
+    if sha256 and not _sha256(cached).startswith(sha256):
+      raise ValueError(f'{cached} is not the published {filename} (its sha256 does not start {sha256}): delete it.')
+    return cached
   found = os.path.join(torch_hub_dir(), os.path.basename(url))
   if sha256 and os.path.isfile(found) and _sha256(found).startswith(sha256):
     return found

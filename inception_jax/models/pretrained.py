@@ -83,7 +83,10 @@ def load_published(weights: hub.Weights, *, hint: str = '', **overrides):
     source = (
         '' if weights.source == next(iter(convert.WEIGHT_SOURCES[weights.model])) else f', source={weights.source!r}'
     )
-    hint = f"pass its path: load_pretrained({weights.model!r}, 'PATH/{os.path.basename(weights.url)}'{source})"
+    hint = (
+        f'put it at {os.path.join(hub.cache_dir(), weights.file)} (then the tag finds it), or pass its path: '
+        f"load_pretrained({weights.model!r}, 'PATH/{os.path.basename(weights.url)}'{source})"
+    )
   path = hub.download(weights.url, weights.file, weights.sha256, hint=hint)
   model, variables = _convert_file(weights.model, path, weights.source, {})
   # Orbax writes a checkpoint with every process of a multi-process run; each converts its own copy here.
