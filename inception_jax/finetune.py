@@ -12,6 +12,7 @@ A dataset with the weights' own class count keeps their classifier, as timm does
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax
@@ -79,6 +80,7 @@ def merge(variables: dict[str, Any], pretrained: dict[str, Any] | None) -> dict[
   return flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in flat.items()})
 
 
+@functools.cache  # create_model and freeze ask for the same model's (Flax modules hash by their fields)
 def classifier_paths(model) -> frozenset[str]:
   """'a/b/kernel' paths of the parameters whose shapes follow num_classes."""
   if not model.num_classes:

@@ -20,7 +20,7 @@ import tempfile
 import numpy as np
 from absl import app, flags
 
-from inception_jax import classify
+from inception_jax import classify, npz
 
 _MODEL = flags.DEFINE_string('model', 'inception_v3', 'A model with published weights (models.list_pretrained()).')
 _PRETRAINED = flags.DEFINE_string(
@@ -37,9 +37,7 @@ def _save_atomically(path: str, array: np.ndarray) -> None:
   try:
     with os.fdopen(fd, 'wb') as f:
       np.save(f, array)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)  # as open() would make it, not mkstemp's 0600
+    npz.make_readable(temporary)
     os.replace(temporary, path)
   finally:
     if os.path.exists(temporary):

@@ -147,10 +147,8 @@ def calculate_metrics(
     )
   extractor = None
   if any(needs):
-    model, variables = load_fid_inception(weights)
     extractor = Extractor(
-        model,
-        variables,
+        *load_fid_inception(weights),
         dims=dims,
         mesh=parallel.make_mesh(num_devices),
         resize=resize,
@@ -229,10 +227,8 @@ def save_statistics(
   if source.num_images < 2:
     raise ValueError(f'{path}: FID statistics need at least 2 images, got {source.num_images}.')
   sources.check_pixels(source, batch_size)
-  model, variables = load_fid_inception(weights)
   extractor = Extractor(
-      model,
-      variables,
+      *load_fid_inception(weights),
       dims=dims,
       mesh=parallel.make_mesh(num_devices),
       resize=resize,

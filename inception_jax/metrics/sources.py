@@ -60,7 +60,7 @@ class FolderImages:
 
     with warnings.catch_warnings():  # PIL's warning from 89 M pixels: check_pixels refuses them all
       warnings.simplefilter('ignore', Image.DecompressionBombWarning)
-      sizes = list(_threads().map(_image_size, self.files))
+      sizes = list(_threads().map(functools.partial(read_image, decode=False), self.files))
     for file, size in zip(self.files, sizes):
       if size != sizes[0]:
         raise ValueError(
@@ -71,7 +71,7 @@ class FolderImages:
     self.image_shape = (sizes[0][1], sizes[0][0], 3)
 
   def read(self, start: int, stop: int) -> np.ndarray:
-    images = list(_threads().map(_decode, self.files[start:stop]))
+    images = list(_threads().map(read_image, self.files[start:stop]))
     for file, image in zip(self.files[start:stop], images):
       if image.shape != self.image_shape:  # a header that lied
         raise ValueError(f"{file} decodes to {image.shape}, the folder's images are {self.image_shape}.")
@@ -84,23 +84,23 @@ IMAGE_FORMATS = ('BMP', 'GIF', 'JPEG', 'PNG', 'PPM', 'TIFF', 'WEBP')
 
 def read_image(file, decode: bool = True):
   """The RGB pixels of a regular file (HWC uint8), or with decode=False only its (width, height);
-  whatever is wrong with it is a one-line ValueError naming it."""
+  an image over MAX_IMAGE_PIXELS is refused before it is decoded. Whatever is wrong with the
+  file is a one-line ValueError naming it."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
   with npz.open_regular(file) as f:
     try:
       with Image.open(f, formats=IMAGE_FORMATS) as image:
-        return np.asarray(image.convert('RGB')) if decode else image.size
+        (width, height), pixels = image.size, None
+        if decode and width * height <= MAX_IMAGE_PIXELS:
+          pixels = np.asarray(image.convert('RGB'))
     except Exception as e:  # PIL raises several types for damaged files
       raise ValueError(f'cannot read image {file}: {type(e).__name__}: {e}') from None
-
-
-def _image_size(file) -> tuple[int, int]:
-  return read_image(file, decode=False)
-
-
-def _decode(file) -> np.ndarray:
-  return read_image(file)
+  if not decode:
+    return width, height
+  if pixels is None:
+    raise ValueError(f'{file}: {width}x{height} pixels are over the budget of {MAX_IMAGE_PIXELS:,}.')
+  return pixels
 
 
 class NpzImages:
@@ -235,9 +235,7 @@ def save_npz_images(path: str, source: ImageSource, arrays: dict[str, np.ndarray
             np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
       f.flush()
       os.fsync(f.fileno())
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(partial, 0o666 & ~umask)  # as np.savez would leave it (mkstemp makes 0600)
+    npz.make_readable(partial)  # as np.savez would leave it
     os.replace(partial, path)
   finally:
     if os.path.exists(partial):

@@ -23,6 +23,7 @@ import re
 import tempfile
 import urllib.request
 
+from inception_jax import npz
 from inception_jax.preprocess import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, Preprocessing
 
 CACHE_ENV = 'INCEPTION_JAX_CACHE'  # where downloaded and converted weights go; default ~/.cache/inception_jax
@@ -200,9 +201,7 @@ def download(url: str, filename: str = '', sha256: str | None = None, *, cache: 
         raise http.client.IncompleteRead(b'', int(size) - received)
       f.flush()
       os.fsync(f.fileno())
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(partial, 0o666 & ~umask)  # as open() makes a file, not mkstemp's 0600: caches are shared
+    npz.make_readable(partial)  # caches are shared
     expected = sha256 or declared.sha256
     if expected is None:
       raise ValueError(f'{url}: no sha256 is published or declared for it to be checked against; not kept.')
