@@ -160,20 +160,7 @@ class Checkpointer:
     self._reader.reload()
     steps = self.all_steps()
     if rewind_to >= 0 and steps:
-      if rewind_to not in steps:
-        raise CheckpointError(
-            f'resume_from_step={rewind_to}, but {self.directory} holds no checkpoint of that step; '
-            f'it holds steps {steps}.'
-        )
-      try:
-        continues = self._everywhere(lambda: self._meta(steps[-1])).get('resumed_from') == rewind_to
-      except _Damaged:
-        continues = False  # set aside below with the other steps after rewind_to
-      if not continues:
-        for step in steps:
-          if step > rewind_to:
-            self.set_aside(step, f'after_{rewind_to}', f'resume_from_step={rewind_to}')
-        steps = [s for s in steps if s <= rewind_to]
+      steps = self._rewind(steps, rewind_to)
     failed = []
     for step in reversed(steps):
       try:
@@ -188,6 +175,22 @@ class Checkpointer:
           f'{self.set_aside_directory}. Running the same command again starts over from step 0.'
       )
     return None
+
+  def _rewind(self, steps: list[int], rewind_to: int) -> list[int]:
+    """The steps left after setting aside those after `rewind_to`, unless the newest continues from it."""
+    if rewind_to not in steps:
+      raise CheckpointError(
+          f'resume_from_step={rewind_to}, but {self.directory} holds no checkpoint of that step; it holds steps {steps}.'
+      )
+    try:
+      if self._everywhere(lambda: self._meta(steps[-1])).get('resumed_from') == rewind_to:
+        return steps  # a rewound run that was interrupted again
+    except _Damaged:
+      pass  # set aside with the other steps after rewind_to
+    for step in steps:
+      if step > rewind_to:
+        self.set_aside(step, f'after_{rewind_to}', f'resume_from_step={rewind_to}')
+    return [s for s in steps if s <= rewind_to]
 
   def _restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
     def read():

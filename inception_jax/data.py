@@ -21,6 +21,7 @@ downloads as usual.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import itertools
@@ -31,6 +32,12 @@ from collections.abc import Iterator
 import grain
 import ml_collections
 import numpy as np
+from absl import logging
+
+try:
+  import fcntl
+except ImportError:  # not POSIX: datasets are prepared without a lock
+  fcntl = None
 
 from inception_jax import preprocess
 
@@ -73,7 +80,12 @@ def prepare(config):
   )
   if folder is not None and not (os.path.isdir(folder) and os.listdir(folder)):
     raise DatasetUnavailableError(f'The manual_dir {folder!r} for {config.dataset!r} is missing or empty. {hint}')
-  if not builder.is_prepared():
+  if builder.is_prepared():
+    return builder
+  with _preparation_lock(builder.data_dir):  # one process prepares; the others wait, then read its copy
+    builder = tfds.builder(config.dataset, data_dir=config.data_dir or None)
+    if builder.is_prepared():
+      return builder
     download_config = tfds.download.DownloadConfig(manual_dir=folder) if folder else None
     try:
       builder.download_and_prepare(download_config=download_config)
@@ -84,6 +96,28 @@ def prepare(config):
           f'{type(e).__name__}: {e}. {hint}'
       ) from e
   return builder
+
+
+@contextlib.contextmanager
+def _preparation_lock(data_dir: str):
+  """Held while a dataset's version folder `data_dir` is prepared: TFDS renames its temporary folder
+  into place at the end, and a second process doing the same fails there. A lock file beside it
+  (`.<version>.prepare.lock`, kept) on local disks; on others (gs://...) no lock."""
+  if '://' in data_dir or fcntl is None:
+    yield
+    return
+  parent, version = os.path.split(os.path.normpath(data_dir))
+  os.makedirs(parent, exist_ok=True)
+  with open(os.path.join(parent, f'.{version}.prepare.lock'), 'a') as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      logging.info('Waiting for another process that is preparing %s.', data_dir)
+      fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def load_split(config, split: str) -> tuple[dict[str, np.ndarray], int]:

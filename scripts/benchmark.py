@@ -9,6 +9,9 @@ JSON line per run.
                                                 # another experiment's input (Inception crops at 224)
     python -m scripts.benchmark --peak          # the machine's float32 matmul rate
     python -m scripts.benchmark --peak --mode=train               # both, and fraction_of_peak
+    python -m scripts.benchmark --mode=resume --resume_config=experiments/configs/imagenet_inception.py:synthetic \
+        --resume_overrides=global_batch_size=8,eval_batch_size=8
+                                                # process start to first step: cold, then resumed
 
 The step is the one `inception_jax.train` runs (Adam, aux losses weighted by
 --aux_loss_weight, donated state, jit with shardings); compilation is timed separately
@@ -21,6 +24,11 @@ Both frameworks run under the experiments' malloc settings (inception_jax.hostme
 JSON lines report both. --steps_per_loop=10 times the MNIST experiment's calls of 10 steps
 (torch runs 10 steps per round too); times are per step.
 
+--mode=resume times a training command from the start of its process to its first finished
+step, three times in one workdir: cold (an empty compilation cache of its own), then stopped by
+SIGTERM and resumed from its checkpoint with that cache warm, then resumed with the cache off.
+It counts the programs each run read from the cache and wrote to it (JAX's debug lines).
+
 --compare_torch times the same network in PyTorch eager (scripts/torch_refs/benchmark_nets.py:
 same structure and parameter count, checked; Adam for training, eval mode and
 `torch.inference_mode` for evaluation) in the same process, alternating one JAX and one
@@ -32,8 +40,13 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import resource
+import signal
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -52,8 +65,9 @@ _MODEL = flags.DEFINE_string('model', 'mnist_inception', 'A registered model.')
 _MODE = flags.DEFINE_enum(
     'mode',
     'train',
-    ['train', 'eval', 'input'],
-    'Time training steps, evaluation steps, or the training input (--input_config, --dataset).',
+    ['train', 'eval', 'input', 'resume'],
+    'Time training steps, evaluation steps, the training input (--input_config, --dataset), or a command '
+    'from its start to its first step, cold and resumed (--resume_config).',
 )
 _BATCH = flags.DEFINE_integer('batch_size', 128, 'Global batch size.')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', None, "Input height and width; default: the model's own.")
@@ -82,6 +96,14 @@ _INPUT_CONFIG = config_flags.DEFINE_config_file(
     "experiments/configs/mnist_inception.py's.",
 )
 _DATASET = flags.DEFINE_string('dataset', None, "--mode=input: the TFDS dataset, replacing the config's.")
+_RESUME_CONFIG = flags.DEFINE_string(
+    'resume_config',
+    'experiments/configs/imagenet_inception.py:synthetic',
+    '--mode=resume: the experiment config (file[:variant]); its command is experiments.<file>.',
+)
+_RESUME_OVERRIDES = flags.DEFINE_list(
+    'resume_overrides', [], '--mode=resume: config fields, FIELD=VALUE,... (e.g. model.name=inception_v3).'
+)
 _JSON = flags.DEFINE_bool('json', True, 'Print JSON lines (else one "key: value" per line).')
 
 # glibc reads these when the process starts; they change how both frameworks' buffers are allocated.
@@ -362,7 +384,79 @@ def input_pipeline(config: ml_collections.ConfigDict, steps: int = 100) -> dict:
   }
 
 
+# JAX's debug lines for the programs it reads from, or writes to, the persistent cache.
+_CACHE_HIT = re.compile(r"Persistent compilation cache hit for '([^']+)' with key '([^']+)'")
+_CACHE_WRITE = re.compile(r"Writing (\S+) to persistent compilation cache with key '([^']+)'")
+_STEP_LINE = re.compile(r'\] step (\d+)/')
+
+
+def time_to_first_step(command: list[str], env: dict) -> dict:
+  """Runs `command` until its first training step is logged, then stops it with SIGTERM (it
+  saves that step): the seconds from starting the process to that line, and its cache lines."""
+  start = time.perf_counter()
+  process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+  lines, seconds, step = [], None, None
+  for line in process.stderr:
+    lines.append(line)
+    if seconds is None and (found := _STEP_LINE.search(line)):
+      seconds, step = time.perf_counter() - start, int(found.group(1))
+      process.send_signal(signal.SIGTERM)
+  status = process.wait()
+  log = ''.join(lines)
+  if seconds is None or status not in (0, 128 + signal.SIGTERM):
+    raise RuntimeError(f'{" ".join(command)} ended with status {status} before a step:\n{log[-3000:]}')
+  return {
+      'seconds_to_first_step': seconds,
+      'first_step': step,
+      'read_from_cache': sorted(name for name, _ in set(_CACHE_HIT.findall(log))),  # once per key
+      'written_to_cache': sorted(name for name, _ in set(_CACHE_WRITE.findall(log))),
+      'log': log,
+  }
+
+
+def resume(config: str, overrides: list[str]) -> dict:
+  """--mode=resume: `config`'s command, cold, resumed with a warm compilation cache, resumed without one."""
+  module = 'experiments.' + os.path.splitext(os.path.basename(config.split(':')[0]))[0]
+  with tempfile.TemporaryDirectory(prefix='benchmark_resume_') as folder:
+    cache = os.path.join(folder, 'jax_cache')
+    fields = [
+        'steps_per_loop=1',
+        'log_every_steps=1',
+        'eval_every_steps=0',
+        'checkpoint_every_steps=100000',
+        'num_train_steps=100000',
+        *overrides,
+    ]
+    command = [sys.executable, '-m', module, f'--config={config}', f'--workdir={folder}/workdir']
+    command += [f'--config.{field}' for field in fields]
+    # JAX's debug handler prints only while the 'jax' logger has a level of its own.
+    env = dict(
+        os.environ, JAX_DEBUG_LOG_MODULES='jax._src.compiler,jax._src.compilation_cache', JAX_LOGGING_LEVEL='WARNING'
+    )
+    env.pop('JAX_COMPILATION_CACHE_DIR', None)  # the runs use theirs (the config's field)
+    runs = {
+        name: time_to_first_step(command + [f'--config.compilation_cache_dir={setting}'], env)
+        for name, setting in (('cold', cache), ('resumed_warm_cache', cache), ('resumed_no_cache', ''))
+    }
+    entries = [os.path.join(cache, n) for n in os.listdir(cache) if n.endswith('-cache')] if os.path.isdir(cache) else []
+    result = {
+        'mode': 'resume',
+        'config': config,
+        'overrides': overrides,
+        **_devices(),
+        'jax_version': jax.__version__,
+        'cache_entries': len(entries),
+        'cache_mb': sum(os.path.getsize(e) for e in entries) / 2**20,
+    }
+    for name, run_ in runs.items():
+      result |= {f'{name}_{k}': v for k, v in run_.items() if k != 'log'}
+    result['warm_over_cold'] = result['resumed_warm_cache_seconds_to_first_step'] / result['cold_seconds_to_first_step']
+    result['_logs'] = {name: run_['log'] for name, run_ in runs.items()}
+    return result
+
+
 def _print(result: dict) -> None:
+  result = {k: v for k, v in result.items() if not k.startswith('_')}
   if _JSON.value:
     print(json.dumps(result), flush=True)
   else:
@@ -388,6 +482,9 @@ def main(argv):
       if _DATASET.value:
         config.dataset = _DATASET.value
     _print(input_pipeline(config, _STEPS.value or 100))
+    return
+  if _MODE.value == 'resume':
+    _print(resume(_RESUME_CONFIG.value, _RESUME_OVERRIDES.value))
     return
   _print(
       run(

@@ -74,16 +74,16 @@ def run_with_fault(fault: str, module: str) -> None:
 
     ocp.CheckpointManager.restore = failing
   elif fault == 'sigterm_in_eval':  # SIGTERM as the first evaluation starts
-    from inception_jax import train
+    from inception_jax.train import loop
 
-    evaluate = train.evaluate
+    evaluate = loop.evaluate
 
     def interrupted(*args, **kwargs):
-      train.evaluate = evaluate
+      loop.evaluate = evaluate
       os.kill(os.getpid(), signal.SIGTERM)
       return evaluate(*args, **kwargs)
 
-    train.evaluate = interrupted
+    loop.evaluate = interrupted
   else:
     raise ValueError(f'Unknown fault {fault!r}.')
   runpy.run_module(module, run_name='__main__', alter_sys=True)  # sys.argv[0] becomes its file

@@ -40,7 +40,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from inception_jax import metrics, parallel, torch_files
+from inception_jax import compilation_cache, metrics, parallel, torch_files
 from inception_jax.models import convert
 
 _WEIGHTS = flags.DEFINE_string(
@@ -68,6 +68,12 @@ _KID_SUBSETS = flags.DEFINE_integer('kid_subsets', metrics.KID_SUBSETS, 'KID sub
 _KID_SUBSET_SIZE = flags.DEFINE_integer(
     'kid_subset_size', metrics.KID_SUBSET_SIZE, 'Images per KID subset (torch-fidelity: 1000).'
 )
+_COMPILATION_CACHE = flags.DEFINE_string(
+    'compilation_cache_dir',
+    compilation_cache.AUTO,
+    "Compiled programs kept for the next run: 'auto' is $JAX_COMPILATION_CACHE_DIR, else "
+    "~/.cache/inception_jax/jax; '' turns it off.",
+)
 _NUM_DEVICES = flags.DEFINE_integer('num_devices', -1, 'Devices of the mesh; -1: all.')
 _BENCHMARK = flags.DEFINE_bool('benchmark', False, 'Time extraction against PyTorch and measure memory over N.')
 _BENCHMARK_IMAGE_SIZE = flags.DEFINE_integer('benchmark_image_size', 256, '--benchmark: image height and width.')
@@ -87,6 +93,7 @@ def main(argv) -> int:
       suite=_SUITE.value,
       preprocess=_PREPROCESS.value,
   )
+  compilation_cache.enable(_COMPILATION_CACHE.value)
   try:
     if _SUITE.value and flags.FLAGS['metrics'].present:
       raise ValueError(f'--suite={_SUITE.value} computes its own metrics; drop --metrics (or --suite).')

@@ -20,7 +20,7 @@ import tempfile
 import numpy as np
 from absl import app, flags
 
-from inception_jax import classify, npz
+from inception_jax import classify, compilation_cache, npz
 
 _MODEL = flags.DEFINE_string('model', 'inception_v3', 'A model with published weights (models.list_pretrained()).')
 _PRETRAINED = flags.DEFINE_string(
@@ -29,6 +29,12 @@ _PRETRAINED = flags.DEFINE_string(
 _TOP = flags.DEFINE_integer('top', 5, 'Classes printed per image.')
 _EMBED = flags.DEFINE_string('embed', None, 'Write the pre-logits features of the images here (.npy).')
 _BATCH = flags.DEFINE_integer('batch_size', 16, 'Images per step.')
+_COMPILATION_CACHE = flags.DEFINE_string(
+    'compilation_cache_dir',
+    compilation_cache.AUTO,
+    "Compiled programs kept for the next run: 'auto' is $JAX_COMPILATION_CACHE_DIR, else "
+    "~/.cache/inception_jax/jax; '' turns it off.",
+)
 
 
 def _save_atomically(path: str, array: np.ndarray) -> None:
@@ -48,6 +54,7 @@ def main(argv) -> int:
   files = argv[1:]
   if not files:
     raise app.UsageError('Usage: python -m scripts.predict IMAGE... [--model=NAME] [--pretrained=TAG|PATH]')
+  compilation_cache.enable(_COMPILATION_CACHE.value)
   try:
     if _EMBED.value and not os.access(os.path.dirname(os.path.abspath(_EMBED.value)), os.W_OK):
       raise ValueError(f'--embed={_EMBED.value}: its folder does not exist or cannot be written.')

@@ -4,7 +4,6 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 import threading
 
 import numpy as np
@@ -19,15 +18,22 @@ SHARED_MNIST = ROOT.parent / 'shared' / 'data' / 'mnist'
 if SHARED_MNIST.is_dir():
   os.environ.setdefault('TFDS_MANUAL_DIR', str(SHARED_MNIST))
 
-# One persistent compilation cache per test run, shared by the pytest-xdist workers and by
-# every process the tests launch (through the environment, which JAX reads when it is first
-# imported, after this file): each program compiles once.
-# The process that runs pytest names it; the workers and launched processes inherit the name.
+# One persistent compilation cache for the suite, shared by the pytest-xdist workers and by every
+# process the tests launch (through the environment, which JAX reads when it is first imported,
+# after this file), and kept between runs outside the clone: a rerun compiles only what changed.
+# JAX keys each entry by the program, its devices and options and its own version, so a stale
+# entry is never served; a run with an empty cache passes the same. Every compile is cached, the
+# quick ones too; the size is bounded (least recently used entries go first), and entries are read
+# and written under JAX's file lock. INCEPTION_JAX_TESTS_CACHE names another folder.
 COMPILATION_CACHE = os.environ.setdefault(
-    'INCEPTION_JAX_TESTS_CACHE', os.path.join(tempfile.gettempdir(), f'inception_jax_tests_{os.getpid()}_jax_cache')
+    'INCEPTION_JAX_TESTS_CACHE',
+    os.path.join(
+        os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache'), 'inception_jax', 'tests_jax'
+    ),
 )
 os.environ['JAX_COMPILATION_CACHE_DIR'] = COMPILATION_CACHE
-os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.5'
+os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+os.environ['JAX_COMPILATION_CACHE_MAX_SIZE'] = str(4 * 2**30)
 
 
 # The tests' network and runs: narrow, short, frequent everything ({dotted field: value}).
@@ -68,11 +74,6 @@ def metrics_lines(workdir) -> list[dict]:
 @pytest.fixture
 def make_config():
   return tiny_config
-
-
-def pytest_sessionfinish(session):
-  if not os.environ.get('PYTEST_XDIST_WORKER'):  # the controller, after every worker
-    shutil.rmtree(COMPILATION_CACHE, ignore_errors=True)
 
 
 def params_of(state):

@@ -1,6 +1,13 @@
+import os
+import shutil
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from inception_jax import data
 
 
@@ -54,3 +61,29 @@ def test_real_mnist_loads_from_tfds(make_config):
   assert train['image'].shape == (60_000, 28, 28, 1) and train['image'].dtype == np.float32
   assert 0.0 == train['image'].min() and train['image'].max() == 1.0
   assert sorted(np.unique(train['label'])) == list(range(10))
+
+
+def test_a_process_that_finds_the_dataset_being_prepared_waits_and_reads_that_copy(tmp_path, make_config):
+  # Two runs started together on a fresh machine (a sweep, two test workers) both found MNIST
+  # unprepared, and the second to finish failed renaming TFDS's temporary folder into place. Here
+  # this test is the process preparing it: it holds the lock while a real second process starts.
+  prepared = data.prepare(make_config())  # the suite's copy, as the first process leaves it
+  fresh = tmp_path / 'tfds'
+  target = fresh / 'mnist' / os.path.basename(prepared.data_dir)
+  code = (
+      'import sys, ml_collections; from absl import logging; from inception_jax import data; '
+      'logging.set_verbosity(logging.INFO); '
+      "print(data.prepare(ml_collections.ConfigDict(dict(dataset='mnist', data_dir=sys.argv[1], manual_dir='')))"
+      '.data_dir)'
+  )
+  log = tmp_path / 'second.log'
+  with data._preparation_lock(str(target)), open(log, 'w') as out:
+    second = subprocess.Popen([sys.executable, '-c', code, str(fresh)], cwd=ROOT, stdout=out, stderr=out, text=True)
+    deadline = time.monotonic() + 120
+    while 'Waiting for another process' not in log.read_text():
+      assert second.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+      time.sleep(0.1)
+    shutil.copytree(prepared.data_dir, target)  # what the first process's rename puts in place
+  assert second.wait(120) == 0, log.read_text()[-3000:]
+  output = log.read_text()
+  assert output.splitlines()[-1] == str(target) and 'Generating' not in output, output[-3000:]

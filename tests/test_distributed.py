@@ -85,8 +85,8 @@ def worker(coordinator: str, process_id: int, workdir: str) -> None:
   # Goes on from the replicated run's 2 steps to 10: a knowing change of the run's length.
   sharded_config = config_for_test(10, shard_params=True, shard_min_size=4096, allow_config_change=True)
   with (
-      mock.patch.object(train, 'train_step', counted(train.train_step)),
-      mock.patch.object(train, 'eval_step', counted(train.eval_step)),
+      mock.patch.object(train.steps, 'train_step', counted(train.steps.train_step)),
+      mock.patch.object(train.steps, 'eval_step', counted(train.steps.eval_step)),
       mock.patch.object(checkpoint.Checkpointer, 'save', recorded_save),
   ):
     _, final = train.train_and_evaluate(config_for_test(2), workdir)

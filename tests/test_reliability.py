@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import ROOT, damage, metrics_lines, params_of
-from inception_jax import checkpoint, interrupts, parallel, train
+from inception_jax import checkpoint, data, interrupts, parallel, train
 from scripts import chaos
 
 
@@ -140,13 +140,13 @@ def test_a_signal_during_an_evaluation_stops_it_within_a_call_and_the_resume_eva
 
 def test_a_signal_before_training_starts_stops_at_once_with_nothing_to_save(tmp_path, make_config):
   # During the data's preparation, then during the first compile: no step runs after either.
-  create_input = train.data_lib.create_input
+  create_input = data.create_input
 
   def signal_while_preparing(*args):
     os.kill(os.getpid(), signal.SIGINT)
     return create_input(*args)
 
-  with mock.patch.object(train.data_lib, 'create_input', signal_while_preparing):
+  with mock.patch.object(data, 'create_input', signal_while_preparing):
     with pytest.raises(interrupts.StopRequested, match='SIGINT before training started') as stop:
       train.train_and_evaluate(make_config(), str(tmp_path / 'a'))
   assert stop.value.exit_code == 130
@@ -279,7 +279,7 @@ def test_evaluations_are_logged_once_however_often_a_run_is_restarted(tmp_path, 
     os.kill(os.getpid(), signal.SIGTERM)
     return evaluate(*args, **kwargs)
 
-  with mock.patch.object(train, 'evaluate', signal_then_evaluate), pytest.raises(interrupts.StopRequested):
+  with mock.patch.object(train.loop, 'evaluate', signal_then_evaluate), pytest.raises(interrupts.StopRequested):
     train.train_and_evaluate(config, str(tmp_path / 'b'))
   with (
       mock.patch.object(checkpoint.Checkpointer, 'save', side_effect=RuntimeError('killed')),

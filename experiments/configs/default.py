@@ -79,6 +79,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_devices = -1  # devices of the 'data' axis; -1: all of them, on every process
   config.shard_params = False  # True: split large parameters and their optimizer state over the devices (FSDP)
   config.shard_min_size = 2**18  # elements; smaller arrays stay replicated when shard_params
+  # Compiled steps kept on disk for the next run (a resume compiles nothing it compiled before):
+  # 'auto' is $JAX_COMPILATION_CACHE_DIR if set, else ~/.cache/inception_jax/jax; '' turns it off.
+  config.compilation_cache_dir = 'auto'
 
   # Logging, evaluation, checkpoints.
   config.log_every_steps = 10
