@@ -38,20 +38,19 @@ def enable(setting: str = AUTO) -> str | None:
   default_dir(). '': off. Else that folder. A folder that cannot be made or written, or that
   others may write to, costs one warning line and the process compiles without a cache.
   """
-  if not setting:
-    jax.config.update('jax_enable_compilation_cache', False)
-    return None
-  path = (jax.config.jax_compilation_cache_dir or default_dir()) if setting == AUTO else setting
-  remote = '://' in path  # gs://... (JAX reads it with etils.epath): checked by its own permissions
-  path = path if remote else os.path.abspath(os.path.expanduser(path))
-  problem = None if remote else _unusable(path)
-  if problem:
-    logging.warning('Compiling without the compilation cache: %s.', problem)
-    jax.config.update('jax_enable_compilation_cache', False)
-    return None
-  jax.config.update('jax_enable_compilation_cache', True)
-  if jax.config.jax_compilation_cache_dir != path:
-    jax_cache.reset_cache()  # a cache JAX already opened elsewhere is closed, not kept
+  path = None
+  if setting:
+    path = (jax.config.jax_compilation_cache_dir or default_dir()) if setting == AUTO else setting
+    remote = '://' in path  # gs://... (JAX reads it with etils.epath): checked by its own permissions
+    path = path if remote else os.path.abspath(os.path.expanduser(path))
+    problem = None if remote else _unusable(path)
+    if problem:
+      logging.warning('Compiling without the compilation cache: %s.', problem)
+      path = None
+  # JAX opens its cache once per process, at the first compile: reset, the next compile opens this one.
+  jax_cache.reset_cache()
+  jax.config.update('jax_enable_compilation_cache', path is not None)
+  if path is not None:
     jax_cache.set_cache_dir(path)
   return path
 

@@ -414,8 +414,9 @@ def time_to_first_step(command: list[str], env: dict) -> dict:
   }
 
 
-def resume(config: str, overrides: list[str]) -> dict:
-  """--mode=resume: `config`'s command, cold, resumed with a warm compilation cache, resumed without one."""
+def resume(config: str, overrides: list[str], uncached: bool = True) -> dict:
+  """--mode=resume: `config`'s command, cold, resumed with a warm compilation cache, then (`uncached`)
+  resumed without one."""
   module = 'experiments.' + os.path.splitext(os.path.basename(config.split(':')[0]))[0]
   with tempfile.TemporaryDirectory(prefix='benchmark_resume_') as folder:
     cache = os.path.join(folder, 'jax_cache')
@@ -434,9 +435,10 @@ def resume(config: str, overrides: list[str]) -> dict:
         os.environ, JAX_DEBUG_LOG_MODULES='jax._src.compiler,jax._src.compilation_cache', JAX_LOGGING_LEVEL='WARNING'
     )
     env.pop('JAX_COMPILATION_CACHE_DIR', None)  # the runs use theirs (the config's field)
+    settings = [('cold', cache), ('resumed_warm_cache', cache)] + [('resumed_no_cache', '')] * uncached
     runs = {
         name: time_to_first_step(command + [f'--config.compilation_cache_dir={setting}'], env)
-        for name, setting in (('cold', cache), ('resumed_warm_cache', cache), ('resumed_no_cache', ''))
+        for name, setting in settings
     }
     entries = [os.path.join(cache, n) for n in os.listdir(cache) if n.endswith('-cache')] if os.path.isdir(cache) else []
     result = {

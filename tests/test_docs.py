@@ -129,10 +129,10 @@ def test_a_renamed_flag_or_field_in_a_command_fails():
 
 
 def readme_python() -> list[str]:
-  """The README's Python blocks: indented blocks that start with an import of inception_jax."""
+  """The README's Python blocks: indented blocks that start with an import of jax or inception_jax."""
   blocks, block = [], None
   for line in (ROOT / 'README.md').read_text().splitlines() + ['']:
-    if block is None and line.startswith('    from inception_jax'):
+    if block is None and line.startswith(('    from inception_jax', '    import jax')):
       block = []
     if block is not None:
       if line and not line.startswith('    '):

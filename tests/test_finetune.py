@@ -1,6 +1,7 @@
 """Fine-tuning from pretrained weights: a new classifier for the dataset, the rest of the network
 trained or frozen bit for bit, on real MNIST through the Inception input pipeline."""
 
+import functools
 import json
 
 import flax
@@ -36,11 +37,14 @@ def tiny_weights(tmp_path_factory):
       'num_classes': 5,
   }
   model = models.create_model('mnist_inception', use_batchnorm=True, **fields)
-  variables = model.init(jax.random.PRNGKey(1), np.zeros((1, 28, 28, 3), np.float32), train=False)
+  # Jitted: op by op, a whole network's init and apply compile hundreds of small programs.
+  variables = jax.jit(model.init, static_argnames='train')(
+      jax.random.PRNGKey(1), np.zeros((1, 28, 28, 3), np.float32), train=False
+  )
   # BatchNorm statistics of random images: not the initial zeros and ones, so that a change shows.
   images = jax.random.uniform(jax.random.PRNGKey(2), (64, 28, 28, 3), minval=-2, maxval=2)
-  _, updates = model.apply(
-      variables, images, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(3)}
+  _, updates = jax.jit(functools.partial(model.apply, train=True, mutable=['batch_stats']))(
+      variables, images, rngs={'dropout': jax.random.PRNGKey(3)}
   )
   variables = {'params': variables['params'], **updates}
   fields['use_batchnorm'] = True

@@ -263,7 +263,8 @@ def test_preprocessing_crops_the_centre_as_torchvision_does():
 
 def test_a_cache_entry_another_process_wrote_first_is_kept_and_nothing_else_is_left(tmp_path):
   model = models.create_model('mnist_inception', widths=(4, 8), reduce_width=4, hidden_units=8)
-  first = model.init(jax.random.PRNGKey(0), np.zeros((1, 28, 28, 1), np.float32), train=False)
+  x = np.zeros((1, 28, 28, 1), np.float32)
+  first = jax.jit(model.init, static_argnames='train')(jax.random.PRNGKey(0), x, train=False)
   second = jax.tree.map(lambda x: x + 1, first)
   folder = str(tmp_path / 'converted' / 'mnist_inception.tag')
   pretrained._save_atomically(folder, 'mnist_inception', model, first)
