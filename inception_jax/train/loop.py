@@ -45,7 +45,6 @@ def evaluate(eval_fn, state, inputs, mesh, batches_per_call: int = 1, stop=lambd
   }
 
 
-
 def _train(config, state, step, train_seconds, run_info, compiled, run_eval, inputs, mesh, checkpointer, writer, signals):
   """The training loop from `step`: logs, evaluates and checkpoints; stops on a signal after saving.
 
@@ -140,12 +139,12 @@ def _train(config, state, step, train_seconds, run_info, compiled, run_eval, inp
   return state, step, train_seconds
 
 
-def _stop_requested(signals, checkpointer, steps) -> bool:
+def _stop_requested(signals, checkpointer, step_range) -> bool:
   """Whether every process stops after this call: one process, its own signal; several, JAX's
   preemption service's agreement on a step of this call (or, with the service off, the flags
   of all processes)."""
   if interrupts.preemption_service():
-    return any(checkpointer.reached_preemption(s) for s in steps)
+    return any(checkpointer.reached_preemption(s) for s in step_range)
   return interrupts.any_process(signals.received is not None)
 
 
