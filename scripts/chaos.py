@@ -243,6 +243,11 @@ def run_chaos(
   """Runs the experiment uninterrupted, then under kills and damage; returns the figures printed by main()."""
   if set(damage) - set(DAMAGE_MODES):
     raise ValueError(f'Unknown damage modes {sorted(set(damage) - set(DAMAGE_MODES))}; known: {DAMAGE_MODES}.')
+  if os.path.isdir(workdir) and os.listdir(workdir) or os.path.lexists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(
+        f'--workdir={workdir} already holds files; chaos works only in a new or empty folder (it removes '
+        'nothing): pass another --workdir.'
+    )
   rng = random.Random(seed)
   reference, chaos = os.path.join(workdir, 'reference'), os.path.join(workdir, 'chaos')
   os.makedirs(workdir, exist_ok=True)
@@ -333,19 +338,20 @@ def run_chaos(
 
 
 def main(argv):
-  import shutil
-
-  shutil.rmtree(flags.FLAGS.workdir, ignore_errors=True)
-  figures = run_chaos(
-      flags.FLAGS.kills,
-      flags.FLAGS.sigterms,
-      flags.FLAGS.workdir,
-      argv[1:],
-      damage=tuple(flags.FLAGS.damage),
-      seed=flags.FLAGS.seed,
-      module=flags.FLAGS.experiment,
-      timeout=flags.FLAGS.timeout,
-  )
+  try:
+    figures = run_chaos(
+        flags.FLAGS.kills,
+        flags.FLAGS.sigterms,
+        flags.FLAGS.workdir,
+        argv[1:],
+        damage=tuple(flags.FLAGS.damage),
+        seed=flags.FLAGS.seed,
+        module=flags.FLAGS.experiment,
+        timeout=flags.FLAGS.timeout,
+    )
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
   print(json.dumps(figures))
   ok = figures['bit_identical'] and figures['nothing_deleted'] and figures['metrics_every_step_once']
   return 0 if ok and not figures['failures'] and not figures['metric_mismatches'] else 1
@@ -363,7 +369,7 @@ def define_flags(flag_values=flags.FLAGS) -> None:
       list(DAMAGE_MODES),
       f'Damage modes, each done once: any of {",".join(DAMAGE_MODES)}; empty for none.',
   )
-  define('string', 'workdir', '/tmp/chaos', 'Holds reference/ and chaos/ (emptied first).')
+  define('string', 'workdir', '/tmp/chaos', 'A new or empty folder: holds reference/ and chaos/.')
   define('integer', 'seed', 0, 'Chooses the order and the moments.')
   define('string', 'experiment', 'experiments.mnist_inception', 'The module to run.')
   define('float', 'timeout', 3600, 'Seconds one launch may take.')

@@ -4,7 +4,10 @@ error of the environment, a changed seed) ends bit-identical to an uninterrupted
 every step logged once and nothing deleted (`scripts.chaos` does more on the default network,
 kills at random moments too: docs/reliability.md)."""
 
-from conftest import tiny_flags
+import subprocess
+import sys
+
+from conftest import ROOT, tiny_flags
 
 from scripts import chaos
 
@@ -32,3 +35,19 @@ def test_kills_sigterms_and_damage_leave_the_final_state_bit_identical_and_every
   assert figures['metric_mismatches'] == [], figures
   assert figures['bit_identical'] and figures['arrays'] == 88, figures
   assert figures['final_metrics_equal'], figures
+
+
+def test_a_workdir_that_holds_files_is_refused_in_one_line_and_left_as_it_was(tmp_path):
+  # --workdir is also the training flag: chaos works only in a new or empty folder, never empties one.
+  (tmp_path / 'checkpoints').mkdir()
+  (tmp_path / 'metrics.jsonl').write_text('keep\n')
+  before = chaos.file_digests(str(tmp_path))
+  run = subprocess.run(
+      [sys.executable, '-m', 'scripts.chaos', f'--workdir={tmp_path}', '--kills=0', '--sigterms=0', '--damage='],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=120,  # a chaos run that went ahead would train for much longer
+  )
+  assert run.returncode == 1 and run.stderr.count('\n') == 1 and 'already holds' in run.stderr, run.stderr[-3000:]
+  assert chaos.file_digests(str(tmp_path)) == before and (tmp_path / 'checkpoints').is_dir()
