@@ -19,6 +19,7 @@ What a run can count on:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -114,16 +115,19 @@ class Checkpointer:
     # Reads go through a manager of this process alone: Orbax ends a restore with a barrier of
     # all processes, which would leave the others waiting when one process's read fails. The
     # processes agree on each read's outcome themselves (_everywhere).
-    self._reader = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            read_only=True,
-            multiprocessing_options=ocp.options.MultiprocessingOptions(
-                primary_host=jax.process_index(), active_processes={jax.process_index()}
-            ),
-        ),
-        item_names=('state', 'meta'),
-    )
+    with _without_read_only_notice():
+      self._reader = ocp.CheckpointManager(
+          self.directory,
+          options=ocp.CheckpointManagerOptions(
+              read_only=True,
+              save_interval_steps=0,  # what read_only sets, given here so that Orbax need not warn about it
+              create=False,
+              multiprocessing_options=ocp.options.MultiprocessingOptions(
+                  primary_host=jax.process_index(), active_processes={jax.process_index()}
+              ),
+          ),
+          item_names=('state', 'meta'),
+      )
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -147,7 +151,9 @@ class Checkpointer:
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True
     )
 
-  def restore(self, abstract_state: Any, *, rewind_to: int = -1) -> tuple[Any, dict] | None:
+  def restore(
+      self, abstract_state: Any, *, rewind_to: int = -1, check: Callable[[dict, int], None] = lambda meta, step: None
+  ) -> tuple[Any, dict] | None:
     """(state, meta) of the newest good checkpoint, or None when there is none at all.
 
     `abstract_state` gives the shapes, dtypes and shardings to restore into. Damaged
@@ -155,16 +161,18 @@ class Checkpointer:
     if every one is damaged, CheckpointError. A read that fails for any other reason raises
     CheckpointReadError and moves nothing. `rewind_to >= 0` resumes from that step: the
     checkpoints after it are set aside, unless the newest one already continues from it
-    (a rewound run that was interrupted again resumes where it stopped).
+    (a rewound run that was interrupted again resumes where it stopped). `check(meta, step)`
+    may refuse the step a run would resume from, by raising: it runs, as the comparison of
+    the shapes does, before anything is moved.
     """
     self._reader.reload()
     steps = self.all_steps()
-    if rewind_to >= 0 and steps:
-      steps = self._rewind(steps, rewind_to)
+    if rewind_to >= 0:
+      steps = self._rewind(steps, rewind_to, abstract_state, check)
     failed = []
     for step in reversed(steps):
       try:
-        return self._restore(step, abstract_state)
+        return self._restore(step, abstract_state, check)
       except _Damaged as e:
         logging.warning('%s', e)
         self.set_aside(step, 'unreadable', 'it is damaged')
@@ -176,7 +184,7 @@ class Checkpointer:
       )
     return None
 
-  def _rewind(self, steps: list[int], rewind_to: int) -> list[int]:
+  def _rewind(self, steps: list[int], rewind_to: int, abstract_state: Any, check) -> list[int]:
     """The steps left after setting aside those after `rewind_to`, unless the newest continues from it."""
     if rewind_to not in steps:
       raise CheckpointError(
@@ -187,23 +195,33 @@ class Checkpointer:
         return steps  # a rewound run that was interrupted again
     except _Damaged:
       pass  # set aside with the other steps after rewind_to
+    try:
+      self._everywhere(lambda: self._checked_meta(rewind_to, abstract_state, check))  # refusals move nothing
+    except _Damaged:
+      pass  # set aside by restore(), which falls back past it
     for step in steps:
       if step > rewind_to:
         self.set_aside(step, f'after_{rewind_to}', f'resume_from_step={rewind_to}')
     return [s for s in steps if s <= rewind_to]
 
-  def _restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+  def _checked_meta(self, step: int, abstract_state: Any, check) -> dict:
+    """The step's record, once its shapes match `abstract_state`'s and `check` accepts it."""
+    meta = self._meta(step)
+    saved, expected = meta['shapes'], _shapes(abstract_state)
+    differ = sorted(k for k in saved.keys() | expected.keys() if saved.get(k) != expected.get(k))
+    if differ:  # sealed metadata of another structure: a config change, not damage
+      k = differ[0]
+      raise CheckpointMismatchError(
+          f'The checkpoint of step {step} in {self.directory} was written for a different model or optimizer: '
+          f'{len(differ)} array(s) differ ({k}: saved {saved.get(k)}, this config {expected.get(k)}). Run with '
+          'the config it was written with, or use a new --workdir.'
+      )
+    check(meta, step)
+    return meta
+
+  def _restore(self, step: int, abstract_state: Any, check) -> tuple[Any, dict]:
     def read():
-      meta = self._meta(step)  # small: read first, and once
-      saved, expected = meta['shapes'], _shapes(abstract_state)
-      differ = sorted(k for k in saved.keys() | expected.keys() if saved.get(k) != expected.get(k))
-      if differ:  # sealed metadata of another structure: a config change, not damage
-        k = differ[0]
-        raise CheckpointMismatchError(
-            f'The checkpoint of step {step} in {self.directory} was written for a different model or optimizer: '
-            f'{len(differ)} array(s) differ ({k}: saved {saved.get(k)}, this config {expected.get(k)}). Run with '
-            'the config it was written with, or use a new --workdir.'
-        )
+      meta = self._checked_meta(step, abstract_state, check)  # small: read first, and once
       return self._read(step, state=ocp.args.StandardRestore(abstract_state)).state, meta
 
     state, meta = self._everywhere(read)
@@ -218,11 +236,23 @@ class Checkpointer:
     return state, meta
 
   def _meta(self, step: int) -> dict:
-    """The step's JSON record, checked against its own checksum (_Damaged if it fails)."""
+    """The step's JSON record, checked against its own checksum (_Damaged if it fails).
+
+    Records written before they were sealed (they hold 'data_position') are read as they are:
+    their arrays' checksums still verify the state. Older still, without checksums, they are
+    refused (CheckpointMismatchError) and left in place.
+    """
     meta = self._read(step, meta=ocp.args.JsonRestore()).meta
     sealed = isinstance(meta, dict) and meta.get('meta_checksum')
     record = {k: v for k, v in meta.items() if k != 'meta_checksum'} if sealed else None
-    if (
+    if not sealed and isinstance(meta, dict) and 'meta_checksum' not in meta and 'data_position' in meta:
+      if not all(isinstance(meta.get(k), dict) for k in ('checksums', 'shapes')):
+        raise CheckpointMismatchError(
+            f'The checkpoint of step {step} in {self.directory} was written by an early inception_jax and carries no '
+            'checksums: it cannot be verified, so it is not resumed, and nothing was moved. Use a new --workdir.'
+        )
+      record = meta  # checksummed, not yet sealed
+    elif (
         not sealed
         or _digest(record) != sealed
         or not all(isinstance(record.get(k), dict) for k in ('checksums', 'shapes'))
@@ -296,6 +326,17 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.close()
     self._reader.close()
+
+
+@contextlib.contextmanager
+def _without_read_only_notice():
+  """Orbax warns 'Given directory is read only' whenever a read-only manager is made: no news to a user."""
+  drop = lambda record: not record.getMessage().startswith('Given directory is read only')
+  logging.get_absl_logger().addFilter(drop)
+  try:
+    yield
+  finally:
+    logging.get_absl_logger().removeFilter(drop)
 
 
 def _shapes(tree: Any) -> dict[str, list[int]]:

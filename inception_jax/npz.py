@@ -57,13 +57,6 @@ def short(value) -> str:
   return text if len(text) <= 60 else text[:57] + '...'
 
 
-def make_readable(path) -> None:
-  """Gives a file made by tempfile.mkstemp (mode 0600) the mode open() would have: 0666 & ~umask."""
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(path, 0o666 & ~umask)
-
-
 def open_regular(path) -> io.BufferedReader:
   """`path` opened for reading if it is a regular file: a FIFO would block, a device never end."""
   try:

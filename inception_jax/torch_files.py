@@ -44,6 +44,8 @@ from typing import Any, Mapping
 import ml_dtypes
 import numpy as np
 
+from inception_jax import files
+
 _STORAGE_DTYPES = {
     'DoubleStorage': np.float64,
     'FloatStorage': np.float32,
@@ -360,7 +362,7 @@ def write_safetensors(path, arrays: Mapping[str, np.ndarray]) -> None:
     offset += array.nbytes
   encoded = json.dumps(header).encode()
   encoded += b' ' * (-len(encoded) % 8)  # the format aligns the data to 8 bytes
-  with open(path, 'wb') as f:
+  with files.atomic(os.fspath(path)) as f:
     f.write(struct.pack('<Q', len(encoded)))
     f.write(encoded)
     for chunk in chunks:

@@ -440,7 +440,9 @@ def resume(config: str, overrides: list[str], uncached: bool = True) -> dict:
         name: time_to_first_step(command + [f'--config.compilation_cache_dir={setting}'], env)
         for name, setting in settings
     }
-    entries = [os.path.join(cache, n) for n in os.listdir(cache) if n.endswith('-cache')] if os.path.isdir(cache) else []
+    entries = (
+        [os.path.join(cache, n) for n in os.listdir(cache) if n.endswith('-cache')] if os.path.isdir(cache) else []
+    )
     result = {
         'mode': 'resume',
         'config': config,

@@ -132,10 +132,11 @@ def logged_lines(workdir: str) -> collections.Counter:
 
 
 def file_digests(workdir: str) -> dict[str, str]:
-  """{path: sha256} of the files in `workdir` but in temporary folders of interrupted saves (a launch removes those)."""
+  """{path: sha256} of the files in `workdir` but in temporary folders of interrupted saves (a launch removes
+  those) and the run lock's note of its holder (every launch takes the lock; files.run_lock)."""
   digests = {}
   for path in sorted(pathlib.Path(workdir).rglob('*')):
-    if path.is_file() and '.orbax-checkpoint-tmp' not in str(path):
+    if path.is_file() and '.orbax-checkpoint-tmp' not in str(path) and path.name != '.lock':
       with open(path, 'rb') as f:
         digests[str(path.relative_to(workdir))] = hashlib.file_digest(f, 'sha256').hexdigest()
   return digests

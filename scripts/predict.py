@@ -6,21 +6,20 @@
 Prints each image's top-5 ImageNet classes (probability, index, name; torchvision's class
 names). --pretrained is a tag of the model's published weights (downloaded and converted once,
 then read from ~/.cache/inception_jax), a PyTorch file or a converted folder. --embed writes
-the pre-logits features, one row per image in the order given, as a float32 .npy file.
+the pre-logits features, one row per image in the order given, as a float32 .npy file: a new
+file, never one of the images (--overwrite replaces an existing file).
 Errors (an unreadable image, unknown weights, offline with nothing cached) are one line on
 stderr and exit status 1.
 """
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 
 import numpy as np
 from absl import app, flags
 
-from inception_jax import classify, compilation_cache, npz
+from inception_jax import classify, compilation_cache, files
 
 _MODEL = flags.DEFINE_string('model', 'inception_v3', 'A model with published weights (models.list_pretrained()).')
 _PRETRAINED = flags.DEFINE_string(
@@ -28,6 +27,7 @@ _PRETRAINED = flags.DEFINE_string(
 )
 _TOP = flags.DEFINE_integer('top', 5, 'Classes printed per image.')
 _EMBED = flags.DEFINE_string('embed', None, 'Write the pre-logits features of the images here (.npy).')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace the --embed file if it exists.')
 _BATCH = flags.DEFINE_integer('batch_size', 16, 'Images per step.')
 _COMPILATION_CACHE = flags.DEFINE_string(
     'compilation_cache_dir',
@@ -37,39 +37,29 @@ _COMPILATION_CACHE = flags.DEFINE_string(
 )
 
 
-def _save_atomically(path: str, array: np.ndarray) -> None:
-  """np.save to a temporary file in the same folder, then renamed: whole or not at all."""
-  fd, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix='.npy')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      np.save(f, array)
-    npz.make_readable(temporary)
-    os.replace(temporary, path)
-  finally:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-
-
 def main(argv) -> int:
-  files = argv[1:]
-  if not files:
+  images = argv[1:]
+  if not images:
     raise app.UsageError('Usage: python -m scripts.predict IMAGE... [--model=NAME] [--pretrained=TAG|PATH]')
-  compilation_cache.enable(_COMPILATION_CACHE.value)
   try:
-    if _EMBED.value and not os.access(os.path.dirname(os.path.abspath(_EMBED.value)), os.W_OK):
-      raise ValueError(f'--embed={_EMBED.value}: its folder does not exist or cannot be written.')
+    if _EMBED.value:
+      files.check_output(
+          _EMBED.value, '--embed', overwrite=_OVERWRITE.value, overwrite_flag='--overwrite', inputs=images
+      )
+    compilation_cache.enable(_COMPILATION_CACHE.value)
     classifier = classify.Classifier(_MODEL.value, _PRETRAINED.value, batch_size=_BATCH.value)
-    probabilities, embeddings = classifier(files)
+    probabilities, embeddings = classifier(images)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-  for file, p in zip(files, probabilities):
+  for file, p in zip(images, probabilities):
     print(file)
     for probability, index, name in classify.top_k(p, _TOP.value):
       print(f'  {probability:.4f}  {index:4d}  {name}')
   if _EMBED.value:
     try:
-      _save_atomically(_EMBED.value, embeddings.astype(np.float32))
+      with files.atomic(_EMBED.value, overwrite=_OVERWRITE.value) as f:
+        np.save(f, embeddings.astype(np.float32))
     except OSError as e:
       print(f'error: cannot write --embed={_EMBED.value}: {e.strerror or e}', file=sys.stderr)
       return 1

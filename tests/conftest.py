@@ -28,7 +28,9 @@ if SHARED_MNIST.is_dir():
 COMPILATION_CACHE = os.environ.setdefault(
     'INCEPTION_JAX_TESTS_CACHE',
     os.path.join(
-        os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache'), 'inception_jax', 'tests_jax'
+        os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache'),
+        'inception_jax',
+        'tests_jax',
     ),
 )
 os.environ['JAX_COMPILATION_CACHE_DIR'] = COMPILATION_CACHE

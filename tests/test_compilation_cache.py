@@ -24,6 +24,7 @@ from scripts import benchmark
 
 conftest.script_flags(benchmark)  # the script's flags belong to its command line
 
+
 def test_a_resumed_process_reads_the_training_step_from_the_cache():
   # scripts.benchmark --mode=resume on the tiny MNIST run: cold with an empty cache of its own, stopped
   # by SIGTERM after its first step, then resumed with that cache.
@@ -74,9 +75,7 @@ def test_auto_is_jaxs_own_setting_else_the_projects_folder(tmp_path, monkeypatch
 
 
 @pytest.mark.parametrize('how', ['a_file', 'shared_folder'])
-def test_a_folder_that_cannot_hold_the_cache_is_one_warning_and_no_cache(
-    tmp_path, restores_the_suites_cache, how
-):
+def test_a_folder_that_cannot_hold_the_cache_is_one_warning_and_no_cache(tmp_path, restores_the_suites_cache, how):
   path = tmp_path / 'cache'
   if how == 'a_file':
     path.write_text('a file where the folder should be')

@@ -82,8 +82,8 @@ def worker(coordinator: str, process_id: int, workdir: str) -> None:
     return shard_batch(batch, mesh, **kwargs)
 
   runs = {}
-  # Goes on from the replicated run's 2 steps to 10: a knowing change of the run's length.
-  sharded_config = config_for_test(10, shard_params=True, shard_min_size=4096, allow_config_change=True)
+  # Goes on from the replicated run's 2 steps to 10: a longer run (shard_params is operational).
+  sharded_config = config_for_test(10, shard_params=True, shard_min_size=4096)
   with (
       mock.patch.object(train.steps, 'train_step', counted(train.steps.train_step)),
       mock.patch.object(train.steps, 'eval_step', counted(train.steps.eval_step)),

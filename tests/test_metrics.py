@@ -312,6 +312,40 @@ def test_bad_input_is_one_line_on_stderr(tmp_path, capsys, paths, message):
   assert re.search(message, err[0].removeprefix('error: ')), err[0]
 
 
+@pytest.mark.parametrize(
+    'flags, message',
+    [
+        (['--batch_size=0'], r'^--batch_size must be positive, got 0\.$'),
+        (['--metrics=is', '--is_splits=0'], r'^--is_splits must be positive, got 0\.$'),
+        (['--metrics=kid', '--kid_subsets=0'], r'^--kid_subsets must be positive, got 0\.$'),
+        (
+            ['--metrics=kid'],
+            r'a: the KID subset size 1000 must lie in \[2, its 5 images\]; pass a smaller --kid_subset_size',
+        ),
+        (['--metrics=kid', '--kid_subset_size=1'], r'the KID subset size 1 must lie in \[2, its 5 images\]'),
+        (['--metrics=pr', '--pr_block_size=0'], r'^--pr_block_size must be positive, got 0\.$'),
+        (['--save_stats', '--batch_size=-1'], r'^--batch_size must be positive, got -1\.$'),
+    ],
+)
+def test_sizes_are_checked_before_any_work(tmp_path, capsys, monkeypatch, flags, message):
+  # Issue 30, finding 12: --batch_size=0 was a ZeroDivisionError traceback, --is_splits=0 printed NaN as
+  # JSON, and the KID and precision/recall sizes were checked after both sets had been extracted.
+  from inception_jax.metrics import calculate  # pylint: disable=g-import-not-at-top
+
+  def no_work(*args, **kwargs):
+    raise AssertionError('work began before the flags were checked')
+
+  monkeypatch.setattr(calculate, 'load_fid_inception', no_work)
+  monkeypatch.setattr(calculate, 'compute_statistics', no_work)
+  write_pngs(tmp_path / 'a', np.zeros((5, 8, 8, 3), np.uint8))
+  write_pngs(tmp_path / 'b', np.zeros((5, 8, 8, 3), np.uint8))
+  out = [tmp_path / 'out.npz'] if '--save_stats' in flags else [tmp_path / 'b']
+  assert run_cli(tmp_path / 'a', *out, *flags) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and re.search(message, err[0].removeprefix('error: ')), err
+  assert not (tmp_path / 'out.npz').exists()
+
+
 def test_cli_errors_exit_with_status_1_and_no_traceback(tmp_path):
   root = bad_inputs(tmp_path)
   run = subprocess.run(

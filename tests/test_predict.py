@@ -89,3 +89,26 @@ def test_an_image_in_a_format_that_runs_a_program_is_refused_unopened(tmp_path):
     classify.load_image(tmp_path / 'image.png')
   with pytest.raises(ValueError, match=r'cannot read image .*image\.png: UnidentifiedImageError'):
     metrics.open_path(str(tmp_path))
+
+
+def test_embed_never_replaces_a_file_or_an_input_unless_asked(tmp_path, googlenet_file, capsys):
+  # Issue 30, finding 2: `--embed img0.png img1.png` (absl takes img0.png as --embed's value) replaced that image.
+  images = []
+  for i in range(2):
+    images.append(tmp_path / f'img{i}.png')
+    Image.fromarray(np.full((40, 48, 3), 60 * i, np.uint8)).save(images[-1])
+  before = {p: p.read_bytes() for p in images}
+  for args in (['--embed', images[0], images[1]], [f'--embed={images[1]}', *images]):
+    assert run('--model=googlenet', f'--pretrained={googlenet_file}', *args) == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('error: --embed=') and ('exists' in err or 'input' in err), err
+  assert {p: p.read_bytes() for p in images} == before
+  (tmp_path / 'folder.npy').mkdir()
+  assert run('--model=googlenet', f'--pretrained={googlenet_file}', f'--embed={tmp_path / "folder.npy"}', *images) == 1
+  assert 'is a folder' in capsys.readouterr().err
+  out = tmp_path / 'old.npy'
+  out.write_bytes(b'keep')
+  assert run('--model=googlenet', f'--pretrained={googlenet_file}', f'--embed={out}', *images) == 1
+  assert 'exists' in capsys.readouterr().err and out.read_bytes() == b'keep'
+  assert run('--model=googlenet', f'--pretrained={googlenet_file}', f'--embed={out}', '--overwrite', *images) == 0
+  assert np.load(out).shape == (2, 1024)

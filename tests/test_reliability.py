@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import ROOT, damage, metrics_lines, params_of
-from inception_jax import checkpoint, data, interrupts, parallel, train
+from inception_jax import checkpoint, data, files, interrupts, parallel, train
 from scripts import chaos
 
 
@@ -77,6 +77,37 @@ def test_damaged_metadata_is_damage_the_run_falls_back_past_it(tmp_path, make_co
   jax.tree.map(np.testing.assert_array_equal, params_of(resumed), finished_run[1])  # step 3's, then 3 more steps
 
 
+@pytest.mark.parametrize('layout', ['checksummed', 'unchecked'])
+def test_checkpoints_of_older_layouts_resume_verified_or_are_refused_and_kept(
+    tmp_path, make_config, finished_run, layout
+):
+  # Issue 30, finding 3: metadata written before it was sealed (2026-11-29 to 12-04: checksums and shapes,
+  # no run record) was set aside as damage, and an upgraded project started over at step 0. Before that
+  # (from 2026-11-22), checkpoints carried no checksums: they cannot be verified, and are refused, kept.
+  workdir = copy_of(finished_run, tmp_path)
+  for step in (3, 6):
+    path = workdir / 'checkpoints' / str(step) / 'meta' / 'metadata'
+    meta = json.loads(path.read_text())
+    old = {'train_seconds': meta['train_seconds'], 'data_position': step, 'resumed_from': -1}
+    if layout == 'checksummed':
+      old.update(checksums=meta['checksums'], shapes=meta['shapes'])
+    path.write_text(json.dumps(old))
+  if layout == 'unchecked':
+    before = chaos.file_digests(workdir)
+    with pytest.raises(
+        checkpoint.CheckpointMismatchError, match=r'step 6 .* carries no checksums: .*nothing was moved'
+    ):
+      train.train_and_evaluate(make_config(), str(workdir))
+    assert chaos.file_digests(workdir) == before
+    return
+  _, final = train.train_and_evaluate(make_config(), str(workdir))
+  assert final['step'] == 6 and not (workdir / 'checkpoints_set_aside').exists()
+  damage(workdir / 'checkpoints' / '6', 'overwritten')  # the old layout's arrays are still verified
+  resumed, final = train.train_and_evaluate(make_config(), str(workdir))
+  assert [p.name.split('-')[:2] for p in (workdir / 'checkpoints_set_aside').iterdir()] == [['6', 'unreadable']]
+  jax.tree.map(np.testing.assert_array_equal, params_of(resumed), finished_run[1])  # step 3's, then 3 more steps
+
+
 def test_metric_lines_past_the_restored_step_move_to_a_side_file_never_away(tmp_path, make_config, finished_run):
   workdir = copy_of(finished_run, tmp_path)
   logged = (workdir / 'metrics.jsonl').read_text().splitlines()
@@ -104,11 +135,89 @@ def test_a_resume_under_a_changed_config_is_refused_in_one_line_naming_the_field
   message = str(refused.value)
   assert '\n' not in message
   assert 'global_batch_size (checkpoint 32, now 64)' in message and 'seed (checkpoint 0, now 1)' in message
-  assert '--config.allow_config_change=True' in message
+  assert '--config.allow_config_change=global_batch_size,seed' in message
+  assert chaos.file_digests(workdir) == before
+  # allow_config_change names the fields it lets change: the batch is still refused, and a name that is no
+  # field the resume checks is refused before any work.
+  with pytest.raises(train.ConfigChangedError, match=r'global_batch_size \(checkpoint 32, now 64\)\. '):
+    train.train_and_evaluate(make_config(global_batch_size=64, seed=1, allow_config_change='seed'), str(workdir))
+  with pytest.raises(ValueError, match="allow_config_change names 'True', which is not a field"):
+    train.train_and_evaluate(make_config(seed=1, allow_config_change='True'), str(workdir))
   assert chaos.file_digests(workdir) == before
   # A knowing change goes on (and operational fields may change anyway).
-  _, final = train.train_and_evaluate(make_config(seed=1, allow_config_change=True, log_every_steps=3), str(workdir))
+  _, final = train.train_and_evaluate(make_config(seed=1, allow_config_change='seed', log_every_steps=3), str(workdir))
   assert final['step'] == 6
+
+
+def test_a_refused_rewind_moves_nothing_and_the_same_command_then_resumes_the_newest(
+    tmp_path, make_config, finished_run
+):
+  # Issue 30, finding 4: the config and shape checks of a rewind ran after the later steps were set aside.
+  workdir = copy_of(finished_run, tmp_path)
+  before = chaos.file_digests(workdir)
+  with pytest.raises(train.ConfigChangedError, match=r'step 3 .*seed \(checkpoint 0, now 1\)'):
+    train.train_and_evaluate(make_config(resume_from_step=3, seed=1), str(workdir))
+  assert chaos.file_digests(workdir) == before
+  other_model = make_config(resume_from_step=3)
+  other_model.model.hidden_units = 16
+  with pytest.raises(checkpoint.CheckpointMismatchError, match='step 3 .*different model'):
+    train.train_and_evaluate(other_model, str(workdir))
+  assert chaos.file_digests(workdir) == before and not (workdir / 'checkpoints_set_aside').exists()
+  resumed, final = train.train_and_evaluate(make_config(), str(workdir))
+  assert final['step'] == 6
+  jax.tree.map(np.testing.assert_array_equal, params_of(resumed), finished_run[1])
+
+
+def test_resume_from_step_where_there_are_no_checkpoints_or_a_size_of_zero_is_refused_and_creates_nothing(
+    tmp_path, make_config
+):
+  # Issue 30, finding 7: an empty or misspelt workdir trained from scratch without a word.
+  (tmp_path / 'empty' / 'checkpoints').mkdir(parents=True)
+  for name in ('misspelt', 'empty'):
+    with pytest.raises(checkpoint.CheckpointError, match=r'resume_from_step=3, but .* holds no checkpoint'):
+      train.train_and_evaluate(make_config(resume_from_step=3), str(tmp_path / name))
+  # Issue 30, finding 12: eval_batch_size=0 failed only after the whole training run.
+  with pytest.raises(ValueError, match=r'^eval_batch_size must be positive, got 0\.$'):
+    train.train_and_evaluate(make_config(eval_batch_size=0), str(tmp_path / 'new'))
+  assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob('*')) == ['empty', 'empty/checkpoints']
+
+
+def test_a_longer_or_shorter_schedule_resumes_and_says_so(tmp_path, make_config, finished_run, caplog):
+  # Issue 30, finding 5: the run's length is no config change; the schedule follows the new length.
+  workdir = copy_of(finished_run, tmp_path)
+  with caplog.at_level('INFO'):
+    _, final = train.train_and_evaluate(make_config(num_train_steps=8), str(workdir))
+  assert final['step'] == 8
+  assert 'num_train_steps (checkpoint 6, now 8); the learning-rate schedule follows the new length' in caplog.text
+  assert [l['step'] for l in metrics_lines(workdir) if 'train_loss' in l] == [2, 3, 4, 6, 8]  # 3: a save flushes
+  _, final = train.train_and_evaluate(make_config(num_train_steps=4), str(workdir))  # past its end: evaluates only
+  assert final['step'] == 8
+
+
+def test_a_second_run_in_a_workdir_in_use_is_refused_and_touches_nothing(tmp_path, make_config, finished_run):
+  # Issue 30, finding 6: a second run's rewrite of metrics.jsonl left the first writing into an unlinked file.
+  workdir = copy_of(finished_run, tmp_path)
+  with files.run_lock(str(workdir)):  # the first run
+    before = chaos.file_digests(workdir)
+    with pytest.raises(ValueError, match=rf'{workdir} is in use by another run \(process {os.getpid()} on '):
+      train.train_and_evaluate(make_config(num_train_steps=9), str(workdir))
+    assert chaos.file_digests(workdir) == before
+
+
+def test_a_refused_resume_is_one_line_on_stderr(tmp_path, finished_run):
+  from conftest import tiny_flags
+
+  workdir = copy_of(finished_run, tmp_path)
+  run = subprocess.run(
+      [sys.executable, '-m', 'experiments.mnist_inception', f'--workdir={workdir}', *tiny_flags(seed=1)],
+      capture_output=True,
+      text=True,
+      cwd=ROOT,
+  )
+  assert run.returncode == 1 and run.stderr.startswith(
+      'error: The checkpoint of step 6 was written under another'
+  ), run.stderr
+  assert run.stderr.count('\n') == 1, run.stderr
 
 
 def test_a_signal_during_an_evaluation_stops_it_within_a_call_and_the_resume_evaluates_first(

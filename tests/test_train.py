@@ -163,14 +163,17 @@ def test_divergence_names_the_newest_checkpoint_whose_weights_gave_a_finite_loss
   shutil.copytree(finished_run[0], workdir)
   shutil.rmtree(workdir / 'checkpoints' / '6')  # the newest is step 3's
   diverging = make_config(
-      learning_rate=1e4, warmup_steps=0, lr_schedule='constant', num_train_steps=6, allow_config_change=True
+      learning_rate=1e4,
+      warmup_steps=0,
+      lr_schedule='constant',
+      allow_config_change='learning_rate,warmup_steps,lr_schedule',
   )
   with pytest.raises(
       FloatingPointError,
       match='the newest checkpoint whose weights still gave a finite loss is step 3: ' 'lower the learning_rate',
   ):
     train.train_and_evaluate(diverging, str(workdir))
-  _, final = train.train_and_evaluate(make_config(allow_config_change=True), str(workdir))
+  _, final = train.train_and_evaluate(make_config(), str(workdir))
   assert final['step'] == 6 and np.isfinite(final['test_loss'])
 
 

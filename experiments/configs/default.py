@@ -91,5 +91,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 2  # the last K checkpoints are kept
   config.async_checkpoints = True  # False: training waits for each write (the MNIST config says why)
   config.resume_from_step = -1  # -1: the newest good checkpoint; N: rewind to step N's (later ones are set aside)
-  config.allow_config_change = False  # True: resume even if fields that fix the run differ from the checkpoint's
+  # Fields (comma-separated) a resume may find changed from the checkpoint's; the run's length may change anyway.
+  config.allow_config_change = ''
   return config

@@ -8,7 +8,7 @@ from typing import Any
 
 import jax
 
-from inception_jax import npz, parallel
+from inception_jax import files, npz, parallel
 from inception_jax.metrics import manifold, preprocessing, sources
 from inception_jax.metrics.distances import IS_SPLITS, KID_SUBSET_SIZE, KID_SUBSETS
 from inception_jax.metrics.distances import fid, inception_score, inception_score_adm, kernel_inception_distance, sfid
@@ -62,6 +62,13 @@ def _preprocessing(suite: str | None, preprocess: str | None, dims: int) -> str:
   return preprocessing.check(preprocess or 'pytorch_fid')
 
 
+def _check_positive(**sizes: int | None) -> None:
+  """Sizes checked before any work (None: not used)."""
+  for name, value in sizes.items():
+    if value is not None and value < 1:
+      raise ValueError(f'--{name} must be positive, got {value}.')
+
+
 def calculate_metrics(
     paths: list[str],
     *,
@@ -97,6 +104,12 @@ def calculate_metrics(
   unknown = set(metrics) - set(METRICS)
   if unknown or not metrics:
     raise ValueError(f'unknown metrics {sorted(unknown)}; choose from {", ".join(METRICS)}.')
+  _check_positive(
+      batch_size=batch_size,
+      is_splits=is_splits if 'is' in metrics and suite != 'adm' else None,
+      kid_subsets=kid_subsets if 'kid' in metrics else None,
+      pr_block_size=pr_block_size,
+  )
   if len(paths) != 2 and not (len(paths) == 1 and set(metrics) == {'is'}):
     raise ValueError(f'give two paths (one is enough for --metrics=is alone), got {len(paths)}.')
   if dims not in FID_FEATURES:
@@ -132,6 +145,11 @@ def calculate_metrics(
       continue
     if side.num_images < 2:
       raise ValueError(f'{path}: FID statistics need at least 2 images, got {side.num_images}.')
+    if 'kid' in metrics and not 2 <= kid_subset_size <= side.num_images:
+      raise ValueError(
+          f'{path}: the KID subset size {kid_subset_size} must lie in [2, its {side.num_images} images]; pass a '
+          'smaller --kid_subset_size.'
+      )
     if 'pr' in metrics and side.num_images < manifold.K + 1:
       raise ValueError(
           f'{path}: precision and recall with k={manifold.K} need at least {manifold.K + 1} images in each set, '
@@ -216,11 +234,8 @@ def save_statistics(
   instead: the images (arr_0, copied a batch at a time) with mu, sigma, mu_s and sigma_s (tf1)."""
   out = out if out.endswith('.npz') else out + '.npz'  # what np.savez writes
   preprocess = _preprocessing(suite, preprocess, dims)
-  if os.path.exists(out):
-    raise ValueError(f'{out} exists; give a new file.')
-  folder = os.path.dirname(os.path.abspath(out))
-  if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
-    raise ValueError(f'cannot write {out}: {folder} is not a folder this process can write to.')
+  _check_positive(batch_size=batch_size)
+  files.check_output(out, '--save_stats', inputs=[path])
   source = open_path(path)
   if isinstance(source, Statistics):
     raise ValueError(f'{path} already holds statistics.')

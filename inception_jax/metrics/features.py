@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.linalg import blas
 
-from inception_jax import npz, parallel
+from inception_jax import files, npz, parallel
 from inception_jax.metrics import preprocessing, sources
 from inception_jax.models.inception_v3 import FID_FEATURES
 
@@ -143,10 +143,13 @@ class Statistics:
       out['preprocess'] = np.str_(self.preprocess)
     return out
 
-  def save(self, path: str) -> None:
+  def save(self, path: str, *, overwrite: bool = False) -> None:
     """pytorch-fid's `--save-stats` file (mu, sigma), with ADM's mu_s and sigma_s when there are
-    any, num_images and preprocess."""
-    np.savez_compressed(path, **self.arrays())
+    any, num_images and preprocess: written whole or not at all, never over a file unless
+    `overwrite`. '.npz' is added to a path without it, as np.savez does."""
+    path = os.fspath(path)
+    with files.atomic(path if path.endswith('.npz') else path + '.npz', overwrite=overwrite) as f:
+      np.savez_compressed(f, **self.arrays())
 
   @classmethod
   def load(cls, path: str) -> Statistics:

@@ -8,14 +8,13 @@ import concurrent.futures
 import functools
 import math
 import os
-import tempfile
 import warnings
 import zipfile
 from typing import Protocol
 
 import numpy as np
 
-from inception_jax import npz
+from inception_jax import files, npz
 
 IMAGE_EXTENSIONS = ('bmp', 'jpg', 'jpeg', 'pgm', 'png', 'ppm', 'tif', 'tiff', 'webp')  # pytorch-fid's
 # Budgets, checked before anything is decoded: a 0.5 MB PNG of 13,000^2 pixels decodes to 507 MB,
@@ -218,25 +217,15 @@ def check_pixels(source: ImageSource, batch_size: int = 1) -> None:
 
 def save_npz_images(path: str, source: ImageSource, arrays: dict[str, np.ndarray], batch_size: int = 256) -> None:
   """An .npz as np.savez writes it (members stored, not compressed: ADM's reference batches) with
-  `source`'s images as arr_0 (NHWC uint8), copied `batch_size` images at a time, and `arrays`.
-  Written to a temporary file beside `path` and renamed: never left half-written."""
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, partial = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + '.', suffix='.partial')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      with zipfile.ZipFile(f, 'w', zipfile.ZIP_STORED, allowZip64=True) as archive:
-        with archive.open('arr_0.npy', 'w', force_zip64=True) as member:
-          header = {'descr': '|u1', 'fortran_order': False, 'shape': (source.num_images, *source.image_shape)}
-          np.lib.format.write_array_header_1_0(member, header)
-          for start in range(0, source.num_images, batch_size):
-            member.write(np.ascontiguousarray(source.read(start, min(start + batch_size, source.num_images))).data)
-        for key, value in arrays.items():
-          with archive.open(f'{key}.npy', 'w', force_zip64=True) as member:
-            np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
-      f.flush()
-      os.fsync(f.fileno())
-    npz.make_readable(partial)  # as np.savez would leave it
-    os.replace(partial, path)
-  finally:
-    if os.path.exists(partial):
-      os.remove(partial)
+  `source`'s images as arr_0 (NHWC uint8), copied `batch_size` images at a time, and `arrays`:
+  a new file, written whole or not at all (files.atomic)."""
+  with files.atomic(path) as f:
+    with zipfile.ZipFile(f, 'w', zipfile.ZIP_STORED, allowZip64=True) as archive:
+      with archive.open('arr_0.npy', 'w', force_zip64=True) as member:
+        header = {'descr': '|u1', 'fortran_order': False, 'shape': (source.num_images, *source.image_shape)}
+        np.lib.format.write_array_header_1_0(member, header)
+        for start in range(0, source.num_images, batch_size):
+          member.write(np.ascontiguousarray(source.read(start, min(start + batch_size, source.num_images))).data)
+      for key, value in arrays.items():
+        with archive.open(f'{key}.npy', 'w', force_zip64=True) as member:
+          np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)

@@ -20,10 +20,9 @@ import hashlib
 import http.client
 import os
 import re
-import tempfile
 import urllib.request
 
-from inception_jax import npz
+from inception_jax import files
 from inception_jax.preprocess import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, Preprocessing
 
 CACHE_ENV = 'INCEPTION_JAX_CACHE'  # where downloaded and converted weights go; default ~/.cache/inception_jax
@@ -180,17 +179,25 @@ def download(url: str, filename: str = '', sha256: str | None = None, *, cache: 
     return found
   try:
     os.makedirs(cache, exist_ok=True)
-    fd, partial = tempfile.mkstemp(dir=cache, prefix=filename + '.', suffix='.partial')
+    writable = os.access(cache, os.W_OK)
   except OSError as e:
+    writable, reason = False, e.strerror
+  else:
+    reason = 'not writable'
+  if not writable:
     raise ValueError(
-        f'cannot make the cache folder {cache} for {filename} ({e.strerror}): set ${CACHE_ENV} to a folder '
+        f'cannot make the cache folder {cache} for {filename} ({reason}): set ${CACHE_ENV} to a folder '
         f'you can write, or {hint}.'
-    ) from None
+    )
   target, received = os.path.join(cache, filename), 0
   try:
     digest = hashlib.sha256()
     declared = _DeclaredSha256()
-    with os.fdopen(fd, 'wb') as f, urllib.request.build_opener(declared).open(url, timeout=60) as response:
+    # Another process may have put the same checked file there meanwhile: replacing it changes nothing.
+    with (
+        files.atomic(target, overwrite=True) as f,
+        urllib.request.build_opener(declared).open(url, timeout=60) as response,
+    ):
       declared.read(response.headers)
       while chunk := response.read(1 << 20):
         digest.update(chunk)
@@ -199,25 +206,18 @@ def download(url: str, filename: str = '', sha256: str | None = None, *, cache: 
       size = response.headers.get('Content-Length', '')
       if size.isdigit() and received < int(size):  # http.client can end a short body silently
         raise http.client.IncompleteRead(b'', int(size) - received)
-      f.flush()
-      os.fsync(f.fileno())
-    npz.make_readable(partial)  # caches are shared
-    expected = sha256 or declared.sha256
-    if expected is None:
-      raise ValueError(f'{url}: no sha256 is published or declared for it to be checked against; not kept.')
-    if not digest.hexdigest().startswith(expected):
-      raise ValueError(
-          f'{url} downloaded with sha256 {digest.hexdigest()[:16]}..., not {expected[:16]}...: '
-          'a damaged or different file; not kept.'
-      )
-    os.replace(partial, target)
+      expected = sha256 or declared.sha256
+      if expected is None:
+        raise ValueError(f'{url}: no sha256 is published or declared for it to be checked against; not kept.')
+      if not digest.hexdigest().startswith(expected):
+        raise ValueError(
+            f'{url} downloaded with sha256 {digest.hexdigest()[:16]}..., not {expected[:16]}...: '
+            'a damaged or different file; not kept.'
+        )
   except (OSError, http.client.HTTPException) as e:
     if isinstance(e, http.client.IncompleteRead):
       e = f'interrupted after {received + len(e.partial):,} bytes'
     raise ValueError(f'could not download {filename} from {url} ({e}); fetch it elsewhere and {hint}.') from None
-  finally:
-    if os.path.exists(partial):
-      os.remove(partial)
   return target
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import flax
@@ -26,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from inception_jax import torch_files
+from inception_jax import files, torch_files
 from inception_jax.models import convert, hub
 from inception_jax.models.registry import create_model
 
@@ -34,17 +32,16 @@ from inception_jax.models.registry import create_model
 def save_pretrained(path: str | os.PathLike, name: str, config: dict[str, Any], variables: Any, **metadata) -> None:
   """Writes `variables` of model `name` (built with `config`) to a new Orbax checkpoint at `path`.
 
-  Orbax writes to a temporary folder and renames it when complete, so an interrupted save
-  leaves no half-written checkpoint; an existing `path` is an error.
+  The folder appears whole or not at all (files.atomic_folder); an existing `path` is an error
+  (FileExistsError).
   """
   checkpointer = ocp.StandardCheckpointer()
   try:
-    checkpointer.save(
-        os.path.abspath(path),
-        flax.core.unfreeze(variables),
-        custom_metadata={'model': name, 'config': config, **metadata},
-    )
-    checkpointer.wait_until_finished()
+    with files.atomic_folder(os.fspath(path)) as partial:
+      checkpointer.save(
+          partial, flax.core.unfreeze(variables), custom_metadata={'model': name, 'config': config, **metadata}
+      )
+      checkpointer.wait_until_finished()
   finally:
     checkpointer.close()
 
@@ -116,19 +113,14 @@ def _convert_file(name: str, path: str, source: str | None, overrides: dict[str,
 
 
 def _save_atomically(folder: str, name: str, model, variables, **metadata) -> None:
-  """Writes the converted cache entry under a temporary name and renames it: a process that
-  loses the race to another, or is killed, leaves no half-written folder behind."""
+  """Writes the converted cache entry, whole or not at all; a process that loses the race to
+  another keeps the other's (the same conversion)."""
   os.makedirs(os.path.dirname(folder), exist_ok=True)
-  temporary = tempfile.mkdtemp(dir=os.path.dirname(folder), prefix=os.path.basename(folder) + '.')
   try:
-    save_pretrained(os.path.join(temporary, 'weights'), name, convert.model_config(model), variables, **metadata)
-    try:
-      os.rename(os.path.join(temporary, 'weights'), folder)
-    except OSError:
-      if not os.path.isdir(folder):
-        raise
-  finally:
-    shutil.rmtree(temporary, ignore_errors=True)
+    save_pretrained(folder, name, convert.model_config(model), variables, **metadata)
+  except FileExistsError:
+    if not os.path.isdir(folder):
+      raise
 
 
 def _load_converted(name: str, path: str, overrides: dict[str, Any]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -17,7 +18,7 @@ from absl import logging
 
 from inception_jax import checkpoint as ckpt
 from inception_jax import data as data_lib
-from inception_jax import compilation_cache, finetune, hostmem, interrupts, parallel
+from inception_jax import compilation_cache, files, finetune, hostmem, interrupts, parallel
 from inception_jax.train import optimizer, record, steps, writers
 
 
@@ -45,7 +46,9 @@ def evaluate(eval_fn, state, inputs, mesh, batches_per_call: int = 1, stop=lambd
   }
 
 
-def _train(config, state, step, train_seconds, run_info, compiled, run_eval, inputs, mesh, checkpointer, writer, signals):
+def _train(
+    config, state, step, train_seconds, run_info, compiled, run_eval, inputs, mesh, checkpointer, writer, signals
+):
   """The training loop from `step`: logs, evaluates and checkpoints; stops on a signal after saving.
 
   `run_info` goes into every checkpoint's meta; `compiled` is (p_train_steps, schedule). Returns
@@ -181,7 +184,8 @@ def _diverged(what: str, first_bad_state: int, checkpointer) -> None:
   healthy = checkpointer.latest_step()
   advice = (
       f'the newest checkpoint whose weights still gave a finite loss is step {healthy}: lower the learning_rate '
-      '(or add warmup_steps) and add --config.allow_config_change=True to resume from it.'
+      '(or add warmup_steps) and name what you changed to resume from it (e.g. '
+      '--config.allow_config_change=learning_rate,warmup_steps).'
       if healthy is not None
       else 'no checkpoint of this run precedes it: lower the learning_rate (or add warmup_steps) and run again to '
       'start over.'
@@ -214,6 +218,10 @@ def _compile(config, state_sharding, mesh):
   return p_train_steps, p_eval_steps
 
 
+def _listdir(folder: str) -> list[str]:
+  return os.listdir(folder) if os.path.isdir(folder) else []
+
+
 def _log_run(config, num_params: int, mesh, inputs, step: int, workdir: str) -> None:
   logging.info(
       'Run: %s (%s parameters) on %d %s device(s), %s %s (%s examples), step %d of %d at batch %d, in %s.',
@@ -242,15 +250,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
   # From here on a signal stops the run: at once until training starts, then after saving.
   signals = interrupts.StopSignals().__enter__()
   checkpointer = writer = None
+  held = contextlib.ExitStack()
   try:  # the handlers, the checkpointer's threads and the metric files are released on every way out
-    os.makedirs(workdir, exist_ok=True)
+    record.check_config(config)
     mesh = parallel.make_mesh(config.num_devices)
     parallel.check_batch_divisible(config.global_batch_size, mesh)
     parallel.check_batch_divisible(config.eval_batch_size, mesh, 'eval_batch_size')
 
     inputs = data_lib.create_input(config, jax.process_index(), jax.process_count())
     config = record.resolve_config(config, inputs.num_train_examples)
-    record.check_config(config)
     compilation_cache.enable(config.compilation_cache_dir)
     model, pretrained = finetune.create_model(config, inputs.num_classes)
     tx = optimizer.create_optimizer(config)
@@ -268,22 +276,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
 
     p_train_steps, p_eval_steps = _compile(config, state_sharding, mesh)
 
+    checkpoints = os.path.join(workdir, 'checkpoints')
+    if config.resume_from_step >= 0 and not any(name.isdigit() for name in _listdir(checkpoints)):
+      raise ckpt.CheckpointError(
+          f'resume_from_step={config.resume_from_step}, but {checkpoints} holds no checkpoint; check --workdir.'
+      )
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:  # one run at a time in a workdir (the processes of one run share it)
+      held.enter_context(files.run_lock(workdir))
     checkpointer = ckpt.Checkpointer(
-        os.path.join(workdir, 'checkpoints'),
+        checkpoints,
         save_every_steps=config.checkpoint_every_steps,
         keep=config.keep_checkpoints,
         async_save=config.async_checkpoints,
     )
+    run_info, allowed = {'config': record.run_record(config)}, record.allowed_changes(config)
     restored = checkpointer.restore(
-        ckpt.abstract_with_shardings(abstract_state, state_sharding), rewind_to=config.resume_from_step
+        ckpt.abstract_with_shardings(abstract_state, state_sharding),
+        rewind_to=config.resume_from_step,
+        check=lambda meta, step: record.check_resume(meta.get('config'), run_info['config'], step, allowed),
     )
-    run_info = {'config': record.run_record(config)}
     if restored is None:
       state, meta = steps.initial_state(model, tx, inputs.image_shape, config.seed, state_sharding, pretrained), {}
       logging.info('Starting from %s in %s.', f'weights {config.pretrained}' if pretrained else 'scratch', workdir)
     else:
       state, meta = restored
-      record.check_resume(meta.get('config', {}), run_info['config'], int(state.step), config.allow_config_change)
       logging.info('Resumed from the checkpoint of step %d in %s.', int(state.step), checkpointer.directory)
     pretrained = None  # the state holds what it needs
     step = int(state.step)
@@ -356,15 +373,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
         'devices': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
     }
     if jax.process_index() == 0:  # whole or not at all, still under the signal handlers
-      path = os.path.join(workdir, 'final_metrics.json')
-      with open(path + '.tmp', 'w') as f:
+      with files.atomic(os.path.join(workdir, 'final_metrics.json'), overwrite=True, text=True) as f:
         json.dump(final, f, indent=2)
-      os.replace(path + '.tmp', path)
   finally:
     if writer is not None:
       writer.close()
     if checkpointer is not None:
       checkpointer.close()
+    held.close()
     signals.__exit__()
 
   logging.info(

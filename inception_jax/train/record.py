@@ -78,29 +78,64 @@ def run_record(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(json.dumps(dict(flat(config.to_dict())), default=str))
 
 
-def check_resume(saved: dict[str, Any], current: dict[str, Any], step: int, allow_change: bool) -> None:
+# Fields that set only how long a run trains: a resume may change them, and the learning-rate
+# schedule then follows the new length.
+LENGTH_FIELDS = frozenset({'num_train_steps', 'num_epochs'})
+
+
+def allowed_changes(config: ml_collections.ConfigDict) -> frozenset[str]:
+  """The fields config.allow_config_change names (comma-separated), each checked to be one a resume compares."""
+  names = frozenset(n.strip() for n in config.allow_config_change.split(',') if n.strip())
+  unknown = sorted(names - run_record(config).keys())
+  if unknown:
+    raise ValueError(
+        f'allow_config_change names {unknown[0]!r}, which is not a field a resume compares: name the fields to let '
+        'change, comma-separated, as a refused resume lists them (e.g. --config.allow_config_change=seed,learning_rate).'
+    )
+  return names
+
+
+def check_resume(saved: dict[str, Any] | None, current: dict[str, Any], step: int, allowed: frozenset[str]) -> None:
   """Refuses (ConfigChangedError) to resume the checkpoint of `step`, recorded as `saved`, under a
-  config whose run_record differs, unless `allow_change`: then it warns."""
+  config whose run_record differs in a field that is neither a length field nor `allowed`; logs
+  the changes it lets through. `saved` None: a checkpoint from before run records, resumed with a warning."""
+  if saved is None:
+    logging.warning(
+        'The checkpoint of step %d predates run records: its config cannot be compared with this one.', step
+    )
+    return
   unset = '(unset)'
   differ = sorted(k for k in saved.keys() | current.keys() if saved.get(k, unset) != current.get(k, unset))
-  if not differ:
-    return
-  what = ', '.join(f'{k} (checkpoint {saved.get(k, unset)!r}, now {current.get(k, unset)!r})' for k in differ[:4])
-  what += f' and {len(differ) - 4} more' if len(differ) > 4 else ''
-  if allow_change:
-    logging.warning('Resuming step %d under a changed config, as allow_config_change says: %s.', step, what)
-    return
-  raise ConfigChangedError(
-      f'The checkpoint of step {step} was written under another config: {what}. Resuming would continue a '
-      'different run: run with the values it was written with, use a new --workdir, or pass '
-      '--config.allow_config_change=True to take the change knowingly.'
+  what = lambda fields: ', '.join(
+      f'{k} (checkpoint {saved.get(k, unset)!r}, now {current.get(k, unset)!r})' for k in fields
   )
+  refused = [k for k in differ if k not in LENGTH_FIELDS | allowed]
+  if refused:
+    listed = what(refused[:4]) + (f' and {len(refused) - 4} more' if len(refused) > 4 else '')
+    raise ConfigChangedError(
+        f'The checkpoint of step {step} was written under another config: {listed}. Resuming would continue a '
+        'different run: run with the values it was written with, use a new --workdir, or pass '
+        f'--config.allow_config_change={",".join(refused)} to take the change knowingly.'
+    )
+  if length := [k for k in differ if k in LENGTH_FIELDS]:
+    logging.info('Resuming step %d with %s; the learning-rate schedule follows the new length.', step, what(length))
+  if knowing := [k for k in differ if k not in LENGTH_FIELDS]:
+    logging.warning('Resuming step %d under a changed config, as allow_config_change says: %s.', step, what(knowing))
 
 
 def check_config(config) -> None:
-  """Refuses fields a run cannot start with (ValueError naming the field)."""
-  if config.num_train_steps <= 0:
+  """Refuses fields a run cannot start with (ValueError naming the field), before any data is read
+  (num_train_steps -1 is derived from the epochs later)."""
+  if config.num_train_steps <= 0 and config.num_train_steps != -1:
     raise ValueError(f'num_train_steps must be positive, got {config.num_train_steps}.')
-  for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints', 'steps_per_loop'):
+  for field in (
+      'global_batch_size',
+      'eval_batch_size',
+      'log_every_steps',
+      'checkpoint_every_steps',
+      'keep_checkpoints',
+      'steps_per_loop',
+  ):
     if config[field] <= 0:
       raise ValueError(f'{field} must be positive, got {config[field]}.')
+  allowed_changes(config)

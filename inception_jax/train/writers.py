@@ -9,6 +9,8 @@ import time
 import jax
 from clu import metric_writers
 
+from inception_jax import files
+
 
 class JsonlWriter(metric_writers.interface.MetricWriter):
   """Scalars as one JSON object per line, for scripts and plots."""
@@ -36,9 +38,8 @@ class JsonlWriter(metric_writers.interface.MetricWriter):
           f.writelines(line if line.endswith('\n') else line + '\n' for line in later)
           f.flush()
           os.fsync(f.fileno())
-        with open(path + '.tmp', 'w') as f:
+        with files.atomic(path, overwrite=True, text=True) as f:  # the run's own log, its later lines kept aside
           f.writelines(line for line in lines if not superseded(line))
-        os.replace(path + '.tmp', path)
     self._file = open(path, 'a')
 
   def write_scalars(self, step, scalars):
