@@ -36,6 +36,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
 FID_SIZE = 299
+MAX_IMAGE_PIXELS = 2**25  # 33.5 M pixels (8K UHD fits): 96 MiB decoded; read and resized images stay within it
 
 
 def normalize(x, mean, std):
@@ -123,6 +124,12 @@ class Preprocessing:
     else:  # torchvision's Resize(int): the shorter side to resize_size, the longer side truncated
       short, long = min(w, h), max(w, h)
       new_long = int(self.resize_size * long / short)
+      if self.resize_size * new_long > MAX_IMAGE_PIXELS:
+        size = f'{self.resize_size}x{new_long}' if w <= h else f'{new_long}x{self.resize_size}'
+        raise ValueError(
+            f'a {w}x{h} image resized to {size} is {self.resize_size * new_long:,} pixels, over the budget of '
+            f'{MAX_IMAGE_PIXELS:,}; crop it to a less extreme aspect ratio first.'
+        )
       image = image.resize((self.resize_size, new_long) if w <= h else (new_long, self.resize_size), resample)
       w, h = image.size
       top, left = int(round((h - self.input_size) / 2.0)), int(round((w - self.input_size) / 2.0))

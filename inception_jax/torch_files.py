@@ -291,6 +291,8 @@ def _read(path: str, what: str, reader) -> Any:
   try:
     return reader(path)
   except Exception as e:  # pylint: disable=broad-except
+    if isinstance(e, OSError) and e.strerror:  # not read at all (permissions, I/O): no verdict on its contents
+      raise WeightFileError(f'cannot read {path}: {e.strerror}.') from None
     # Damaged files make the parsers raise all sorts: BadZipFile, EOFError, RecursionError,
     # OverflowError, NotImplementedError (a zip compression method), zlib.error, ...
     detail = str(e) if isinstance(e, WeightFileError) else f'{type(e).__name__}: {e}'
@@ -299,6 +301,11 @@ def _read(path: str, what: str, reader) -> Any:
     # Names from the file may hold line breaks or terminal escapes: show those as escapes.
     detail = ''.join(c if c.isprintable() else repr(c)[1:-1] for c in detail)
     raise WeightFileError(f'{path} is not a readable {what}: {detail.rstrip(".")}.') from None
+
+
+def _head(path: str, size: int) -> bytes:
+  with open(path, 'rb') as f:
+    return f.read(size)
 
 
 def read_safetensors(path) -> dict[str, np.ndarray]:
@@ -382,8 +389,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   if path.endswith('.safetensors'):
     state = read_safetensors(path)
   else:
-    with open(path, 'rb') as f:
-      head = f.read(len(_LEGACY_HEADER))
+    head = _read(path, 'PyTorch state_dict', lambda p: _head(p, len(_LEGACY_HEADER)))
     if head.startswith(_ZIP_HEADER):
       state = _read(path, 'PyTorch state_dict', _read_zip)
     elif head == _LEGACY_HEADER:

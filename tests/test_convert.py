@@ -197,6 +197,21 @@ def legacy_file(state_pickle: bytes, keys=()) -> bytes:
   return header + state_pickle + pickle.dumps(list(keys), protocol=2)
 
 
+@pytest.mark.parametrize('name', ['weights.pth', 'weights.safetensors'])
+def test_a_file_that_cannot_be_opened_is_one_line_naming_the_cause(tmp_path, monkeypatch, name):
+  # Issue 30, finding 14: an unreadable .pth was a PermissionError traceback. The machine runs as root:
+  # the error is injected where the file is opened.
+  path = tmp_path / name
+  torch.save({'a': torch.ones(2)}, path)
+
+  def denied(file, *args, **kwargs):
+    raise PermissionError(13, 'Permission denied', str(file))
+
+  monkeypatch.setattr(torch_files, 'open', denied, raising=False)
+  with pytest.raises(torch_files.WeightFileError, match=rf'^cannot read {path}: Permission denied\.$'):
+    torch_files.load_state_dict(path)
+
+
 @pytest.mark.parametrize('zip_format', [True, False], ids=['zip', 'legacy'])
 def test_a_tensor_holds_no_more_elements_than_its_storage(tmp_path, zip_format):
   # Issue #22: stride 0 passed the bounds check, so a file of a few hundred bytes made a 40 MB tensor.

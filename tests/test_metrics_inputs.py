@@ -423,3 +423,19 @@ def test_fuzz_npz_reader_ends_in_a_result_or_one_line_within_bounded_memory(tmp_
   print('fuzz:', report)
   assert report['result'] + report['error'] == FUZZ_FILES and report['result'] > 100 and report['error'] > 100, report
   assert report['peak_rss_after_mib'] - report['peak_rss_before_mib'] < 64, report
+
+
+def test_an_image_of_more_than_8_bits_is_read_as_pytorch_fid_reads_it_and_said_once(tmp_path, caplog, monkeypatch):
+  # Issue 30, finding 15: 16-bit PNGs are clipped to near-white, as pytorch-fid's convert('RGB') does,
+  # and FID came out at 4.5e7 without a word.
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  from inception_jax.metrics import sources  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.setattr(sources, '_WARNED', set())
+  for i in range(2):
+    Image.fromarray(np.full((4, 5), 1000 * (i + 1), np.uint16)).save(tmp_path / f'{i}.png')
+  pixels = [sources.read_image(tmp_path / f'{i}.png') for i in range(2)]
+  assert all(p.shape == (4, 5, 3) and (p == 255).all() for p in pixels)  # pytorch-fid's clipping, kept
+  warned = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+  assert len(warned) == 1 and re.search(r'0\.png is a 16-bit image \(mode I;16\).*clips', warned[0]), warned

@@ -72,3 +72,16 @@ def test_resize_center_crop_keeps_the_middle():
   resized = tf.image.resize(tf.constant(image, tf.float32) / 255, (32, 16), antialias=True).numpy()
   assert out.shape == (8, 8, 3)
   np.testing.assert_allclose(out, resized[12:20, 4:12], atol=1e-6)
+
+
+def test_an_image_whose_resize_would_be_over_the_pixel_budget_is_refused_before_resizing():
+  # Issue 30, finding 13: a 196-byte 1x40000 PNG resized its shorter side to 256 and the longer to
+  # 10,240,000: about 7.9 GB. The budget of a decoded image holds after the resize too.
+  import pytest  # pylint: disable=g-import-not-at-top
+
+  from inception_jax.models import hub  # pylint: disable=g-import-not-at-top
+
+  transform = hub.pretrained_weights('inception_v3', 'torchvision').preprocessing.transform  # resize 342, crop 299
+  with pytest.raises(ValueError, match=r'^a 1x40000 image resized to 342x13680000 is 4,678,560,000 pixels, over the'):
+    transform(np.zeros((40000, 1), np.uint8))
+  assert transform(np.zeros((4000, 100), np.uint8)).shape == (299, 299, 3)  # 342x13680: within the budget

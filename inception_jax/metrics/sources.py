@@ -13,13 +13,14 @@ import zipfile
 from typing import Protocol
 
 import numpy as np
+from absl import logging
 
 from inception_jax import files, npz
+from inception_jax.preprocess import MAX_IMAGE_PIXELS
 
 IMAGE_EXTENSIONS = ('bmp', 'jpg', 'jpeg', 'pgm', 'png', 'ppm', 'tif', 'tiff', 'webp')  # pytorch-fid's
 # Budgets, checked before anything is decoded: a 0.5 MB PNG of 13,000^2 pixels decodes to 507 MB,
 # and pytorch-fid resizes every image to 299x299 anyway.
-MAX_IMAGE_PIXELS = 2**25  # 33.5 M pixels (8K UHD fits): 96 MiB decoded
 MAX_BATCH_PIXELS = 2**27  # 134 M pixels a batch: 384 MiB decoded, 1.5 GiB as float32 on the devices
 
 
@@ -81,6 +82,18 @@ class FolderImages:
 IMAGE_FORMATS = ('BMP', 'GIF', 'JPEG', 'PNG', 'PPM', 'TIFF', 'WEBP')
 
 
+_WIDE_MODES = {'I;16': '16-bit', 'I;16B': '16-bit', 'I;16L': '16-bit', 'I;16N': '16-bit', 'I': '32-bit', 'F': 'float'}
+
+
+_WARNED = set()  # the kinds of warning already given in this process
+
+
+def _warn_once(kind: str, message: str) -> None:
+  if kind not in _WARNED:  # a race of reader threads may say it twice, never not at all
+    _WARNED.add(kind)
+    logging.warning('%s', message)
+
+
 def read_image(file, decode: bool = True):
   """The RGB pixels of a regular file (HWC uint8), or with decode=False only its (width, height);
   an image over MAX_IMAGE_PIXELS is refused before it is decoded. Whatever is wrong with the
@@ -92,6 +105,13 @@ def read_image(file, decode: bool = True):
       with Image.open(f, formats=IMAGE_FORMATS) as image:
         (width, height), pixels = image.size, None
         if decode and width * height <= MAX_IMAGE_PIXELS:
+          if image.mode in _WIDE_MODES:
+            _warn_once(
+                'wide',
+                f'{file} is a {_WIDE_MODES[image.mode]} image (mode {image.mode}): it is read as pytorch-fid reads '
+                "it, whose convert('RGB') clips every value over 255 (most such images turn white); convert them "
+                'to 8 bits first. Said once.',
+            )
           pixels = np.asarray(image.convert('RGB'))
     except Exception as e:  # PIL raises several types for damaged files
       raise ValueError(f'cannot read image {file}: {type(e).__name__}: {e}') from None
