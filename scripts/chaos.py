@@ -21,6 +21,10 @@ workdir until it finishes, in an order shuffled with `--seed`:
   - sigterm_in_eval: a launch that sends itself SIGTERM as its first evaluation starts must
     stop that evaluation, save its step and exit with status 143; the resumed run evaluates
     it first. This needs evaluations during training: pass --config.eval_every_steps.
+  - second_run: a launch holds after its first training call while a second one starts on the
+    same workdir; the second must be refused in one line naming the first's process, and the
+    first, stopped by SIGTERM then, must save and exit with status 143 (every step it logged
+    is checked at the end).
   The refusals need a checkpoint: they wait for one (or run on the finished run).
 After every launch, no line of metrics.jsonl and its side files (metrics.after_*.jsonl) may
 be gone. At the end it compares every array of the two final checkpoints bit for bit, and
@@ -31,7 +35,7 @@ failures (what any launch did wrong, with its log), nothing_deleted, metrics_eve
 corrupt_checkpoints (steps set aside that were not damaged on purpose), mismatches (arrays
 that differ), bit_identical, final_metrics_equal.
 
-`run_with_fault` is what the read_error and sigterm_in_eval launches run.
+`run_with_fault` is what the read_error, sigterm_in_eval and second_run launches run.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-DAMAGE_MODES = ('metadata', 'read_error', 'config_change', 'sigterm_in_eval')
+DAMAGE_MODES = ('metadata', 'read_error', 'config_change', 'sigterm_in_eval', 'second_run')
 REFUSALS = ('read_error', 'config_change')  # launches that must change nothing
 
 
@@ -84,6 +88,19 @@ def run_with_fault(fault: str, module: str) -> None:
       return evaluate(*args, **kwargs)
 
     loop.evaluate = interrupted
+  elif fault == 'hold':  # after its first training call the run holds, until a signal stops it
+    from inception_jax.train import loop
+
+    stop_requested = loop._stop_requested  # pylint: disable=protected-access
+
+    def holding(signals, *args):
+      loop._stop_requested = stop_requested  # pylint: disable=protected-access
+      print('chaos: holding', flush=True)
+      while signals.received is None:
+        time.sleep(0.01)
+      return stop_requested(signals, *args)
+
+    loop._stop_requested = holding  # pylint: disable=protected-access
   else:
     raise ValueError(f'Unknown fault {fault!r}.')
   runpy.run_module(module, run_name='__main__', alter_sys=True)  # sys.argv[0] becomes its file
@@ -165,11 +182,11 @@ def _final_metrics(workdir: str) -> dict:
   return json.loads(pathlib.Path(workdir, 'final_metrics.json').read_text())
 
 
-def _damage_metadata(workdir: str) -> tuple[int, int | None]:
-  """Overwrites the newest checkpoint's meta/metadata with `{}`; returns (that step, the step before or None)."""
+def _damage_metadata(workdir: str) -> tuple[int, int]:
+  """Overwrites the newest checkpoint's meta/metadata with `{}`; returns (that step, the step before)."""
   *before, newest = steps(workdir)
   pathlib.Path(workdir, 'checkpoints', str(newest), 'meta', 'metadata').write_text('{}')
-  return newest, before[-1] if before else None
+  return newest, before[-1]
 
 
 def _refuse(action: str, module: str, workdir: str, overrides: list[str], log: str, timeout: float) -> str | None:
@@ -201,6 +218,33 @@ def _stop_in_eval(module: str, workdir: str, overrides: list[str], log: str, tim
   if code != 143 or not evaluation or not stopped or evaluation[1] != stopped[1]:
     return f'status {code}; expected 143, "The evaluation of step N was stopped" and "after saving step N"'
   return None
+
+
+def _second_run(module: str, workdir: str, overrides: list[str], log: str, timeout: float):
+  """Launches a run that holds after its first training call and, beside it, a second one on the same
+  workdir, which must be refused in one line naming the first's process; then stops the first with
+  SIGTERM. Returns ('finished', None) if the first finished in its first call, else ('stopped', what
+  went wrong or None)."""
+  first = launch(module, workdir, overrides, log, 'hold')
+  if not wait_for(lambda: 'chaos: holding' in pathlib.Path(log).read_text(), first, timeout):
+    if first.wait(timeout) != 0:
+      raise RuntimeError(f'A launch failed; see {log}')
+    return 'finished', None
+  second_log = log.removesuffix('.log') + '-second.log'
+  code = launch(module, workdir, overrides, second_log).wait(timeout)
+  output = pathlib.Path(second_log).read_text().splitlines()
+  errors = [line for line in output if line.startswith('error: ')]
+  expected = f'is in use by another run (process {first.pid} on '
+  wrong = None
+  if code != 1 or len(errors) != 1 or expected not in errors[0] or errors[0] != output[-1]:
+    wrong = (
+        f'second run: status {code} and the error lines {errors[:2]}; expected 1 and one last line with {expected!r}'
+    )
+  first.send_signal(signal.SIGTERM)
+  code, output = first.wait(timeout), pathlib.Path(log).read_text()
+  if 'Done: test accuracy' not in output and (code != 143 or 'Stopped by SIGTERM after saving step' not in output):
+    wrong = wrong or f'first run: status {code}; expected 143 and "Stopped by SIGTERM after saving step"'
+  return 'stopped', wrong
 
 
 def _interrupt(action: str, process: subprocess.Popen, log: str, saving, pause: float, timeout: float):
@@ -264,7 +308,7 @@ def run_chaos(
   plan.append('none')  # the launch that finishes
   figures = {'kills': 0, 'kills_during_save': 0, 'sigterms': 0, 'launches': 0, 'damage': dict.fromkeys(damage, 0)}
   failures, refusals_ok, nothing_deleted = [], True, True
-  damage_pending, damaged = False, None  # metadata: waits for a launch that trains and a checkpoint
+  damage_pending, damaged = False, None  # metadata: waits for a launch that trains and two checkpoints
   saving = lambda: bool(glob.glob(os.path.join(chaos, 'checkpoints', '*.orbax-checkpoint-tmp*')))
   while plan:
     action = plan.pop(0)
@@ -274,7 +318,8 @@ def run_chaos(
     if action in REFUSALS and not steps(chaos):  # they need a checkpoint: after the next launch that trains
       plan.insert(next(i for i, a in enumerate(plan) if a not in REFUSALS) + 1, action)
       continue
-    if damage_pending and action not in REFUSALS and steps(chaos):
+    # With a step before it: a run whose only checkpoint is damaged stops and says so (test_train.py).
+    if damage_pending and action not in REFUSALS and len(steps(chaos)) > 1:
       damage_pending, damaged = False, _damage_metadata(chaos)
     log = os.path.join(workdir, f'chaos-{figures["launches"]}.log')
     lines, aside = logged_lines(chaos), set_aside(chaos)
@@ -286,6 +331,11 @@ def run_chaos(
     elif action == 'sigterm_in_eval':
       wrong = _stop_in_eval(module, chaos, overrides, log, timeout)
       figures['damage'][action] += 1
+    elif action == 'second_run':
+      outcome, wrong = _second_run(module, chaos, overrides, log, timeout)
+      figures['damage'][action] += outcome == 'stopped'
+      if outcome == 'finished':  # it trained too little to be joined: another launch tries again
+        plan = [a for a in plan if a in REFUSALS]
     else:
       process = launch(module, chaos, overrides, log)
       outcome, wrong = _interrupt(action, process, log, saving, rng.uniform(0, train_seconds / 8), timeout)
@@ -298,7 +348,7 @@ def run_chaos(
       failures.append(f'{action} ({log}): {wrong}')
     if damaged and action not in REFUSALS:  # this launch restored past the damaged step
       (step, before), damaged = damaged, None
-      resumed = f'Resumed from the checkpoint of step {before} ' if before else 'Starting from scratch'
+      resumed = f'Resumed from the checkpoint of step {before} '
       moved = [name.split('-')[0] for name in set_aside(chaos) - aside]
       figures['damage']['metadata'] += 1
       if moved != [str(step)] or resumed not in pathlib.Path(log).read_text():
