@@ -28,8 +28,8 @@ def check_output(
     path: str, flag: str, *, overwrite: bool = False, overwrite_flag: str = '', inputs: Sequence[str] = ()
 ) -> str:
   """`path` as an absolute path once it is known to be writable as a new file (or, with
-  `overwrite`, over a file): its folder exists and can be written, it is no folder, it exists
-  only if `overwrite`, and it is none of `inputs`. Else ValueError, one line naming `flag` (and
+  `overwrite`, over a file): it is none of `inputs`, it exists only if `overwrite` and is then
+  no folder, and its folder exists and can be written. Else ValueError, one line naming `flag` (and
   `overwrite_flag`, the command's way to replace a file, if it has one)."""
   target = os.path.abspath(path)
   folder = os.path.dirname(target)
@@ -38,13 +38,13 @@ def check_output(
         os.path.exists(given) and os.path.exists(target) and os.path.samefile(given, target)
     ):
       raise ValueError(f'{flag}={path} is also an input; write the output to a new file.')
-  if os.path.isdir(target):
-    raise ValueError(f'{flag}={path} is a folder; name a file.')
   if os.path.lexists(target) and not overwrite:
     raise ValueError(
-        f'{flag}={path} exists; give a new file'
+        f'{flag}={path} exists; give a new name'
         + (f' or pass {overwrite_flag} to replace it.' if overwrite_flag else '.')
     )
+  if os.path.isdir(target):
+    raise ValueError(f'{flag}={path} is a folder; name a file.')
   if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
     raise ValueError(f'{flag}={path}: {folder} is not a folder this process can write to.')
   return target

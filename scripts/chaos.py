@@ -288,6 +288,11 @@ def run_chaos(
   """Runs the experiment uninterrupted, then under kills and damage; returns the figures printed by main()."""
   if set(damage) - set(DAMAGE_MODES):
     raise ValueError(f'Unknown damage modes {sorted(set(damage) - set(DAMAGE_MODES))}; known: {DAMAGE_MODES}.')
+  for name, value in (('kills', kills), ('sigterms', sigterms)):
+    if value < 0:
+      raise ValueError(f'--{name} must be 0 or more, got {value}.')
+  if timeout <= 0:
+    raise ValueError(f'--timeout must be positive, got {timeout}.')
   if os.path.isdir(workdir) and os.listdir(workdir) or os.path.lexists(workdir) and not os.path.isdir(workdir):
     raise ValueError(
         f'--workdir={workdir} already holds files; chaos works only in a new or empty folder (it removes '

@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-from inception_jax import torch_files
+from inception_jax import files, torch_files
 from inception_jax.models import convert, pretrained
 
 _SOURCE = flags.DEFINE_string('source', None, 'Where the weights come from: torchvision, timm or pytorch_fid.')
@@ -23,13 +23,16 @@ _MODEL = flags.DEFINE_string('model', None, f'Model to convert to: {", ".join(so
 
 
 def main(argv):
-  if len(argv) != 3:
-    raise app.UsageError('Usage: python -m scripts.convert_weights --source=SOURCE --model=NAME SRC DST')
-  src, dst = argv[1], argv[2]
-  if _MODEL.value is None:
-    raise app.UsageError('--model is required.')
-  if os.path.exists(dst):
-    raise app.UsageError(f'{dst} exists; give a new destination.')
+  try:
+    if _MODEL.value is None:
+      raise ValueError(f'--model is required: one of {", ".join(sorted(convert.WEIGHT_SOURCES))}.')
+    if len(argv) != 3:
+      raise ValueError('give SRC and DST: python -m scripts.convert_weights --model=NAME [--source=SOURCE] SRC DST')
+    src, dst = argv[1], argv[2]
+    files.check_output(dst, 'DST', inputs=[src])
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
   sources = convert.WEIGHT_SOURCES.get(_MODEL.value, {})
   source = _SOURCE.value or next(iter(sources), None)
   if source not in sources:  # checked before the file is read
@@ -54,9 +57,13 @@ def main(argv):
   if missing:
     print(f'error: {len(missing)} variable(s) of {_MODEL.value} are not in {src}; nothing written.', file=sys.stderr)
     return 1
-  pretrained.save_pretrained(
-      dst, _MODEL.value, convert.model_config(model), variables, source=source, source_file=os.path.basename(src)
-  )
+  try:
+    pretrained.save_pretrained(
+        dst, _MODEL.value, convert.model_config(model), variables, source=source, source_file=os.path.basename(src)
+    )
+  except OSError as e:  # a full disk, say: nothing is left at DST
+    print(f'error: cannot write {dst}: {e.strerror or e}; nothing written.', file=sys.stderr)
+    return 1
   print(f'wrote {dst} ({len(unexpected)} unexpected, 0 missing)')
   return 0
 

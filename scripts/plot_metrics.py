@@ -3,7 +3,8 @@
     python -m scripts.plot_metrics /tmp/mnist_inception [/tmp/other_run ...] [--out=curves.png]
 
 Three panels over the step: training loss, training and evaluation accuracy, learning rate.
-Several workdirs are overlaid, each labelled with its folder name.
+Several workdirs are overlaid, each labelled with its folder name. The default output,
+metrics.png in the first workdir, is replaced; a file named by --out only with --overwrite.
 """
 
 import json
@@ -12,7 +13,10 @@ import sys
 
 from absl import app, flags
 
-_OUT = flags.DEFINE_string('out', None, 'The PNG to write; default: metrics.png in the first workdir.')
+from inception_jax import files
+
+_OUT = flags.DEFINE_string('out', None, 'The PNG to write; default: metrics.png in the first workdir (replaced).')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace the --out file if it exists.')
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -29,7 +33,7 @@ def read_metrics(workdir: str) -> list[dict]:
   return lines
 
 
-def plot(workdirs: list[str], out: str) -> None:
+def plot(workdirs: list[str], out: str, overwrite: bool = False) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use('Agg')
@@ -52,17 +56,27 @@ def plot(workdirs: list[str], out: str) -> None:
     ax.legend(fontsize='small')
   loss_ax.set_yscale('log')
   fig.tight_layout()
-  fig.savefig(out, dpi=100)
+  with files.atomic(out, overwrite=overwrite) as f:
+    fig.savefig(f, dpi=100, format=os.path.splitext(out)[1][1:] or 'png')
   plt.close(fig)
 
 
 def main(argv):
   workdirs = argv[1:]
-  if not workdirs:
-    raise app.UsageError('Usage: python -m scripts.plot_metrics WORKDIR [WORKDIR ...] [--out=FILE.png]')
-  out = _OUT.value or os.path.join(workdirs[0], 'metrics.png')
   try:
-    plot(workdirs, out)
+    if not workdirs:
+      raise ValueError(
+          'give at least one workdir: python -m scripts.plot_metrics WORKDIR [WORKDIR ...] [--out=FILE.png]'
+      )
+    inputs = [os.path.join(w, 'metrics.jsonl') for w in workdirs]
+    for workdir, path in zip(workdirs, inputs):
+      if not os.path.isfile(path):
+        raise ValueError(f'{workdir} has no metrics.jsonl; give the --workdir of a training run.')
+    # The default, the first workdir's own metrics.png, is replaced; a file named by --out only with --overwrite.
+    out = _OUT.value or os.path.join(workdirs[0], 'metrics.png')
+    overwrite = _OVERWRITE.value or not _OUT.value
+    files.check_output(out, '--out', overwrite=overwrite, overwrite_flag='--overwrite', inputs=inputs)
+    plot(workdirs, out, overwrite)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

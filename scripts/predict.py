@@ -39,9 +39,13 @@ _COMPILATION_CACHE = flags.DEFINE_string(
 
 def main(argv) -> int:
   images = argv[1:]
-  if not images:
-    raise app.UsageError('Usage: python -m scripts.predict IMAGE... [--model=NAME] [--pretrained=TAG|PATH]')
   try:
+    if not images:
+      raise ValueError(
+          'give at least one image: python -m scripts.predict IMAGE... [--model=NAME] [--pretrained=TAG|PATH]'
+      )
+    if _TOP.value < 1:
+      raise ValueError(f'--top must be positive, got {_TOP.value}.')
     if _EMBED.value:
       files.check_output(
           _EMBED.value, '--embed', overwrite=_OVERWRITE.value, overwrite_flag='--overwrite', inputs=images

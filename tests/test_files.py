@@ -40,8 +40,8 @@ def test_an_output_is_checked_before_any_work(tmp_path):
   }
   for path, message in checks.items():
     with pytest.raises(ValueError, match=message):
-      files.check_output(path, '--out', inputs=[str(tmp_path / 'in.png')])
-  with pytest.raises(ValueError, match=r'--out=.*in.png exists; give a new file or pass --overwrite to replace it\.$'):
+      files.check_output(path, '--out', overwrite=True, inputs=[str(tmp_path / 'in.png')])
+  with pytest.raises(ValueError, match=r'--out=.*in.png exists; give a new name or pass --overwrite to replace it\.$'):
     files.check_output(str(tmp_path / 'in.png'), '--out', overwrite_flag='--overwrite')
   assert files.check_output(str(tmp_path / 'in.png'), '--out', overwrite=True) == str(tmp_path / 'in.png')
   with pytest.raises(ValueError, match='is also an input'):  # the same file by another name

@@ -104,7 +104,16 @@ def test_embed_never_replaces_a_file_or_an_input_unless_asked(tmp_path, googlene
     assert err.count('\n') == 1 and err.startswith('error: --embed=') and ('exists' in err or 'input' in err), err
   assert {p: p.read_bytes() for p in images} == before
   (tmp_path / 'folder.npy').mkdir()
-  assert run('--model=googlenet', f'--pretrained={googlenet_file}', f'--embed={tmp_path / "folder.npy"}', *images) == 1
+  assert (
+      run(
+          '--model=googlenet',
+          f'--pretrained={googlenet_file}',
+          f'--embed={tmp_path / "folder.npy"}',
+          '--overwrite',
+          *images,
+      )
+      == 1
+  )
   assert 'is a folder' in capsys.readouterr().err
   out = tmp_path / 'old.npy'
   out.write_bytes(b'keep')
