@@ -184,6 +184,16 @@ class Checkpointer:
       )
     return None
 
+  def newest_meta(self) -> dict | None:
+    """The record of the newest step whose record is sound (None: no such step); moves nothing."""
+    self._reader.reload()
+    for step in reversed(self.all_steps()):
+      try:
+        return self._everywhere(lambda step=step: self._meta(step))
+      except _Damaged:
+        continue  # restore() sets it aside
+    return None
+
   def _rewind(self, steps: list[int], rewind_to: int, abstract_state: Any, check) -> list[int]:
     """The steps left after setting aside those after `rewind_to`, unless the newest continues from it."""
     if rewind_to not in steps:

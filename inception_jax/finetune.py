@@ -28,13 +28,16 @@ from inception_jax.models import convert
 TRAINABLE = ('all', 'head')
 
 
-def create_model(config: ml_collections.ConfigDict, num_classes: int) -> tuple[Any, dict[str, Any] | None]:
+def create_model(
+    config: ml_collections.ConfigDict, num_classes: int, built: dict[str, Any] | None = None
+) -> tuple[Any, dict[str, Any] | None]:
   """(model, pretrained variables to start from, flat {'params/a/b': array}, or None).
 
   Without config.pretrained: the registered model with config.model's fields. With it: the
   model the weights were made for (its layout, transform_input, aux head, ...), then
   `num_classes` and config.model's fields; the pretrained classifier is left out when its
-  shape no longer fits.
+  shape no longer fits. `built`: the fields of the model a checkpoint was written for
+  (convert.model_config), which a resume rebuilds without reading the weights again.
   """
   if config.trainable not in TRAINABLE:
     raise ValueError(f'Unknown trainable {config.trainable!r}; use {" or ".join(map(repr, TRAINABLE))}.')
@@ -45,6 +48,8 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> tuple[A
     if config.trainable != 'all':
       raise ValueError("trainable='head' needs pretrained weights to freeze: set config.pretrained.")
     return models.create_model(config.model.name, num_classes=num_classes, **overrides), None
+  if built is not None:
+    return models.create_model(config.model.name, **{**built, **overrides, 'num_classes': num_classes}), None
   published, variables = models.load_pretrained(config.model.name, config.pretrained)
   fields = {**convert.model_config(published), **overrides, 'num_classes': num_classes}
   model = models.create_model(config.model.name, **fields)

@@ -103,6 +103,13 @@ def test_fine_tuning_learns_and_a_frozen_backbone_stays_bit_identical(tiny_weigh
   # The same command again resumes the finished run from its checkpoint: it only evaluates.
   _, again = train.train_and_evaluate(config, str(tmp_path))
   assert (again['step'], again['test_accuracy']) == (final['step'], final['test_accuracy'])
+  if trainable == 'all':
+    # Issue 30, finding 10: a resume needs no weights file (the checkpoint holds every array and the
+    # model they were built as), so a moved file, under its new path or its old one, resumes.
+    moved = config_for(str(tmp_path / 'moved'), trainable, 'mnist_inception', learning_rate=learning_rate)
+    moved.num_train_steps = 61
+    _, longer = train.train_and_evaluate(moved, str(tmp_path))
+    assert longer['step'] == 61
 
 
 def test_the_classifier_is_found_from_the_model_and_kept_when_the_classes_match(tiny_weights):

@@ -19,6 +19,7 @@ from absl import logging
 from inception_jax import checkpoint as ckpt
 from inception_jax import data as data_lib
 from inception_jax import compilation_cache, files, finetune, hostmem, interrupts, parallel
+from inception_jax.models import convert
 from inception_jax.train import optimizer, record, steps, writers
 
 
@@ -260,7 +261,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     inputs = data_lib.create_input(config, jax.process_index(), jax.process_count())
     config = record.resolve_config(config, inputs.num_train_examples)
     compilation_cache.enable(config.compilation_cache_dir)
-    model, pretrained = finetune.create_model(config, inputs.num_classes)
+    checkpoints = os.path.join(workdir, 'checkpoints')
+    if config.resume_from_step >= 0 and not any(name.isdigit() for name in _listdir(checkpoints)):
+      raise ckpt.CheckpointError(
+          f'resume_from_step={config.resume_from_step}, but {checkpoints} holds no checkpoint; check --workdir.'
+      )
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:  # one run at a time in a workdir (the processes of one run share it)
+      held.enter_context(files.run_lock(workdir))
+    checkpointer = ckpt.Checkpointer(
+        checkpoints,
+        save_every_steps=config.checkpoint_every_steps,
+        keep=config.keep_checkpoints,
+        async_save=config.async_checkpoints,
+    )
+    # A fine-tune resumes as the model its checkpoints were written for, without its weights file.
+    newest = checkpointer.newest_meta() if config.pretrained else None
+    model, pretrained = finetune.create_model(config, inputs.num_classes, (newest or {}).get('model'))
     tx = optimizer.create_optimizer(config)
     if config.trainable == 'head':
       tx = finetune.freeze(tx, model)
@@ -276,21 +293,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
 
     p_train_steps, p_eval_steps = _compile(config, state_sharding, mesh)
 
-    checkpoints = os.path.join(workdir, 'checkpoints')
-    if config.resume_from_step >= 0 and not any(name.isdigit() for name in _listdir(checkpoints)):
-      raise ckpt.CheckpointError(
-          f'resume_from_step={config.resume_from_step}, but {checkpoints} holds no checkpoint; check --workdir.'
-      )
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:  # one run at a time in a workdir (the processes of one run share it)
-      held.enter_context(files.run_lock(workdir))
-    checkpointer = ckpt.Checkpointer(
-        checkpoints,
-        save_every_steps=config.checkpoint_every_steps,
-        keep=config.keep_checkpoints,
-        async_save=config.async_checkpoints,
-    )
     run_info, allowed = {'config': record.run_record(config)}, record.allowed_changes(config)
+    if config.pretrained:
+      run_info['model'] = convert.model_config(model)
     restored = checkpointer.restore(
         ckpt.abstract_with_shardings(abstract_state, state_sharding),
         rewind_to=config.resume_from_step,

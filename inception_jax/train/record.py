@@ -78,6 +78,9 @@ def run_record(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(json.dumps(dict(flat(config.to_dict())), default=str))
 
 
+# Fields that choose only where a run starts: a resume reads its checkpoint instead (a moved weights file).
+START_FIELDS = frozenset({'pretrained'})
+
 # Fields that set only how long a run trains: a resume may change them, and the learning-rate
 # schedule then follows the new length.
 LENGTH_FIELDS = frozenset({'num_train_steps', 'num_epochs'})
@@ -105,7 +108,9 @@ def check_resume(saved: dict[str, Any] | None, current: dict[str, Any], step: in
     )
     return
   unset = '(unset)'
-  differ = sorted(k for k in saved.keys() | current.keys() if saved.get(k, unset) != current.get(k, unset))
+  differ = sorted(
+      k for k in saved.keys() | current.keys() if saved.get(k, unset) != current.get(k, unset) and k not in START_FIELDS
+  )
   what = lambda fields: ', '.join(
       f'{k} (checkpoint {saved.get(k, unset)!r}, now {current.get(k, unset)!r})' for k in fields
   )
