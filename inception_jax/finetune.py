@@ -48,7 +48,8 @@ def create_model(
     if config.trainable != 'all':
       raise ValueError("trainable='head' needs pretrained weights to freeze: set config.pretrained.")
     return models.create_model(config.model.name, num_classes=num_classes, **overrides), None
-  if built is not None:
+  if built is not None:  # JSON's lists back to the tuples they were (Flax modules are hashed)
+    built = {k: tuple(v) if isinstance(v, list) else v for k, v in built.items()}
     return models.create_model(config.model.name, **{**built, **overrides, 'num_classes': num_classes}), None
   published, variables = models.load_pretrained(config.model.name, config.pretrained)
   fields = {**convert.model_config(published), **overrides, 'num_classes': num_classes}

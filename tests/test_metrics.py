@@ -320,7 +320,7 @@ def test_bad_input_is_one_line_on_stderr(tmp_path, capsys, paths, message):
         (['--metrics=kid', '--kid_subsets=0'], r'^--kid_subsets must be positive, got 0\.$'),
         (
             ['--metrics=kid'],
-            r'a: the KID subset size 1000 must lie in \[2, its 5 images\]; pass a smaller --kid_subset_size',
+            r'a: the KID subset size 1000 must lie in \[2, its 5 images\]; pass --kid_subset_size in that range',
         ),
         (['--metrics=kid', '--kid_subset_size=1'], r'the KID subset size 1 must lie in \[2, its 5 images\]'),
         (['--metrics=pr', '--pr_block_size=0'], r'^--pr_block_size must be positive, got 0\.$'),

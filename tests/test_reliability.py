@@ -185,7 +185,7 @@ def test_resume_from_step_where_there_are_no_checkpoints_or_a_size_of_zero_is_re
 def test_a_longer_or_shorter_schedule_resumes_and_says_so(tmp_path, make_config, finished_run, caplog):
   # Issue 30, finding 5: the run's length is no config change; the schedule follows the new length.
   workdir = copy_of(finished_run, tmp_path)
-  with caplog.at_level('INFO'):
+  with caplog.at_level('INFO', logger='absl'):
     _, final = train.train_and_evaluate(make_config(num_train_steps=8), str(workdir))
   assert final['step'] == 8
   assert 'num_train_steps (checkpoint 6, now 8); the learning-rate schedule follows the new length' in caplog.text

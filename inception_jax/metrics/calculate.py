@@ -147,8 +147,8 @@ def calculate_metrics(
       raise ValueError(f'{path}: FID statistics need at least 2 images, got {side.num_images}.')
     if 'kid' in metrics and not 2 <= kid_subset_size <= side.num_images:
       raise ValueError(
-          f'{path}: the KID subset size {kid_subset_size} must lie in [2, its {side.num_images} images]; pass a '
-          'smaller --kid_subset_size.'
+          f'{path}: the KID subset size {kid_subset_size} must lie in [2, its {side.num_images} images]; pass '
+          '--kid_subset_size in that range.'
       )
     if 'pr' in metrics and side.num_images < manifold.K + 1:
       raise ValueError(
