@@ -1,6 +1,6 @@
 """JAX's persistent compilation cache: a program compiled once is read back by later processes.
 
-A resumed run, a second `inception-jax fid` or `predict`, reaches its first step in seconds
+A resumed run, a second `python -m scripts.fid` or `scripts.predict`, reaches its first step in seconds
 instead of compiling again. JAX keys every entry by the program, its shapes and shardings, the
 compiler options, the devices and the versions of jax and jaxlib, so a changed program, model,
 batch or installation is simply a miss; nothing is ever served stale. Entries are only written

@@ -79,15 +79,16 @@ def atomic_folder(path: str) -> Iterator[str]:
   appears at `path` whole when the block ends, and not at all if the block raises.
   FileExistsError if `path` exists by then."""
   target = os.path.abspath(path)
+  # mkdtemp makes a new folder (never one that was there) that only `inside` is written into.
   temporary = tempfile.mkdtemp(dir=os.path.dirname(target), prefix=f'.{os.path.basename(target)}.', suffix='.partial')
+  inside = os.path.join(temporary, os.path.basename(target))
   try:
-    inside = os.path.join(temporary, os.path.basename(target))
     yield inside
     if os.path.lexists(target):  # rename() would put a folder in place of an empty one
       raise FileExistsError(errno.EEXIST, 'appeared while it was being written', target)
-    os.rename(inside, target)
+    os.rename(inside, target)  # `temporary` is empty now
   finally:
-    shutil.rmtree(temporary, ignore_errors=True)  # the temporary folder this made, and only that
+    shutil.rmtree(temporary, ignore_errors=True)  # that new folder: after a rename, empty; after a failure, our part
 
 
 def _link(partial: str, target: str) -> None:

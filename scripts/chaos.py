@@ -189,6 +189,16 @@ def _damage_metadata(workdir: str) -> tuple[int, int]:
   return newest, before[-1]
 
 
+def _not_one_error_line(code: int, log: str, expected: str) -> str | None:
+  """What is wrong with a refused launch's exit `code` and `log`, or None: status 1 and one
+  `error: ` line, the last, holding `expected`."""
+  output = pathlib.Path(log).read_text().splitlines()
+  errors = [line for line in output if line.startswith('error: ')]
+  if code != 1 or len(errors) != 1 or expected not in errors[0] or errors[0] != output[-1]:
+    return f'status {code} and the error lines {errors[:2]}; expected 1 and one last line with {expected!r}'
+  return None
+
+
 def _refuse(action: str, module: str, workdir: str, overrides: list[str], log: str, timeout: float) -> str | None:
   """Launches a run that must be refused (read_error, config_change); what it did wrong, or None."""
   files = file_digests(workdir)
@@ -200,10 +210,8 @@ def _refuse(action: str, module: str, workdir: str, overrides: list[str], log: s
     extra, expected = [f'--config.seed={seed + 1}'], f'another config: seed (checkpoint {seed}, now {seed + 1})'
   fault = 'read_error' if action == 'read_error' else None
   code = launch(module, workdir, overrides + extra, log, fault).wait(timeout)
-  output = pathlib.Path(log).read_text().splitlines()
-  errors = [line for line in output if line.startswith('error: ')]
-  if code != 1 or len(errors) != 1 or expected not in errors[0] or errors[0] != output[-1]:
-    return f'status {code} and the error lines {errors[:2]}; expected 1 and one last line with {expected!r}'
+  if wrong := _not_one_error_line(code, log, expected):
+    return wrong
   if file_digests(workdir) != files:
     return 'the workdir changed'
   return None
@@ -232,14 +240,8 @@ def _second_run(module: str, workdir: str, overrides: list[str], log: str, timeo
     return 'finished', None
   second_log = log.removesuffix('.log') + '-second.log'
   code = launch(module, workdir, overrides, second_log).wait(timeout)
-  output = pathlib.Path(second_log).read_text().splitlines()
-  errors = [line for line in output if line.startswith('error: ')]
-  expected = f'is in use by another run (process {first.pid} on '
-  wrong = None
-  if code != 1 or len(errors) != 1 or expected not in errors[0] or errors[0] != output[-1]:
-    wrong = (
-        f'second run: status {code} and the error lines {errors[:2]}; expected 1 and one last line with {expected!r}'
-    )
+  wrong = _not_one_error_line(code, second_log, f'is in use by another run (process {first.pid} on ')
+  wrong = wrong and f'second run: {wrong}'
   first.send_signal(signal.SIGTERM)
   code, output = first.wait(timeout), pathlib.Path(log).read_text()
   if 'Done: test accuracy' not in output and (code != 143 or 'Stopped by SIGTERM after saving step' not in output):

@@ -47,8 +47,9 @@ def flat(variables) -> dict[str, np.ndarray]:
 
 
 def write(folder: str) -> None:
-  """Writes this version's run and weights into `folder` (a new one)."""
+  """Writes this version's run and weights into `folder`, which it makes (FileExistsError if it exists)."""
   folder = pathlib.Path(folder)
+  folder.mkdir(parents=True)  # a new folder: the files removed below are the run's own
   state, _ = train.train_and_evaluate(config(2), str(folder / 'run'))
   for path in [*folder.glob('run/events.out.tfevents.*'), folder / 'run' / '.lock']:
     path.unlink()  # TensorBoard's file is TensorFlow's format, not ours; the lock names a process

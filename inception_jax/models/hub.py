@@ -16,6 +16,7 @@ network and no conversion. Entries and their preprocessing follow torchvision's 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import http.client
 import os
@@ -179,16 +180,13 @@ def download(url: str, filename: str = '', sha256: str | None = None, *, cache: 
     return found
   try:
     os.makedirs(cache, exist_ok=True)
-    writable = os.access(cache, os.W_OK)
+    if not os.access(cache, os.W_OK):
+      raise PermissionError(errno.EACCES, 'not writable', cache)
   except OSError as e:
-    writable, reason = False, e.strerror
-  else:
-    reason = 'not writable'
-  if not writable:
     raise ValueError(
-        f'cannot make the cache folder {cache} for {filename} ({reason}): set ${CACHE_ENV} to a folder '
+        f'cannot make the cache folder {cache} for {filename} ({e.strerror}): set ${CACHE_ENV} to a folder '
         f'you can write, or {hint}.'
-    )
+    ) from None
   target, received = os.path.join(cache, filename), 0
   try:
     digest = hashlib.sha256()
