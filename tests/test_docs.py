@@ -152,7 +152,7 @@ def test_the_readmes_python_runs_offline_from_the_cache(tmp_path, monkeypatch):
   model, variables, missing, _ = convert.convert_state_dict('inception_v3', state, source='torchvision')
   assert not missing
   weights = hub.pretrained_weights('inception_v3', 'torchvision')
-  pretrained._save_atomically(hub.converted_dir(weights), 'inception_v3', model, variables)
+  pretrained._save_atomically(hub.converted_dir(weights, weights.sha256), 'inception_v3', model, variables)
   monkeypatch.setattr(hub, 'download', lambda *a, **k: pytest.fail('downloaded'))
   monkeypatch.chdir(tmp_path)
   Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), np.uint8)).save('cat.jpg')

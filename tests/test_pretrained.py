@@ -4,9 +4,11 @@ the caches of files and of converted variables, and each weights' preprocessing.
 import dataclasses
 import hashlib
 import io
+import logging
 import math
 import os
 import pathlib
+import shutil
 
 import jax
 import numpy as np
@@ -70,8 +72,8 @@ def test_one_call_downloads_checks_converts_and_then_reads_the_cache_only(
   )
   assert http_server.requests == [f'/models/{name}']
   assert sorted(os.listdir(cache)) == [hub.CONVERTED, name]
-  assert os.listdir(cache / hub.CONVERTED) == [os.path.basename(hub.converted_dir(entry))]  # no temporary left
-  assert os.path.basename(hub.converted_dir(entry)).startswith('googlenet.torchvision-')
+  # Named after the sha256 the file was checked against; no temporary left.
+  assert os.listdir(cache / hub.CONVERTED) == [f'googlenet.torchvision-{name[10:18]}-v{hub.CONVERTED_VERSION}']
   umask = os.umask(0)
   os.umask(umask)
   assert (cache / name).stat().st_mode & 0o777 == 0o666 & ~umask  # readable as a shared cache, not mkstemp's 0600
@@ -115,7 +117,7 @@ def test_a_name_without_hash_is_checked_against_the_sha256_the_server_declares(
       monkeypatch, http_server, '/storage/blob', 'model.pth', headers={'X-Linked-Etag': f'"{digest}"'}, tag='hub'
   )
   models.load_pretrained('googlenet', 'hub')
-  assert os.path.isdir(hub.converted_dir(entry))
+  assert os.path.isdir(hub.converted_dir(entry, digest))
   # With no sha256 published or declared, nothing is kept unchecked.
   publish(monkeypatch, http_server, body, 'unchecked.pth', tag='unchecked')
   with pytest.raises(ValueError, match='no sha256 is published or declared for it to be checked against; not kept'):
@@ -150,6 +152,53 @@ def test_a_copy_put_in_the_cache_by_hand_serves_the_tag_once_checked(cache, goog
   model, variables = models.load_pretrained('googlenet')
   assert model.transform_input  # the tag's layout, which a bare path would not know
   np.testing.assert_array_equal(variables['params']['fc']['bias'], state['fc.bias'].numpy())
+
+
+def other_googlenet_file() -> bytes:
+  torch.manual_seed(1)
+  buffer = io.BytesIO()
+  torch.save(tv_googlenet.GoogLeNet(aux_logits=True).state_dict(), buffer)
+  return buffer.getvalue()
+
+
+def test_the_sha256_a_hub_declares_is_recorded_and_a_copy_replaced_later_is_refused(
+    http_server, cache, googlenet_file, monkeypatch
+):
+  body, _ = googlenet_file
+  digest = hashlib.sha256(body).hexdigest()
+  entry = publish(monkeypatch, http_server, body, 'model.pth', headers={'X-Linked-Etag': f'"{digest}"'}, tag='hub')
+  models.load_pretrained('googlenet', 'hub')
+  assert (cache / 'model.pth.sha256').read_text() == f'{digest}  model.pth\n'  # sha256sum's format
+  assert os.path.basename(hub.converted_dir(entry, digest)) == f'googlenet.hub-{digest[:16]}-v{hub.CONVERTED_VERSION}'
+  # A different file put in its place is checked against the recorded hash, offline.
+  http_server.shutdown()
+  (cache / 'model.pth').write_bytes(other_googlenet_file())
+  for folder in os.listdir(cache / hub.CONVERTED):
+    shutil.rmtree(cache / hub.CONVERTED / folder)
+  with pytest.raises(ValueError) as error:
+    models.load_pretrained('googlenet', 'hub')
+  assert one_line(error) == (
+      f'{cache}/model.pth is not the published model.pth (its sha256 does not start {digest}): delete it.'
+  )
+
+
+def test_a_copy_of_a_file_with_no_published_sha256_is_said_unchecked_and_converted_as_it_is(
+    cache, googlenet_file, monkeypatch, caplog
+):
+  body, state = googlenet_file
+  publish(monkeypatch, None, body, 'model.pth', tag='hub', url='http://127.0.0.1:9')  # offline, no sha256
+  cache.mkdir()
+  (cache / 'model.pth').write_bytes(body)
+  with caplog.at_level(logging.WARNING):
+    _, variables = models.load_pretrained('googlenet', 'hub')
+  np.testing.assert_array_equal(variables['params']['fc']['bias'], state['fc.bias'].numpy())
+  assert f'{cache}/model.pth is not checked: no sha256 is published for it' in caplog.text
+  # Replaced by another file: its own conversion, not the first file's converted folder.
+  other = other_googlenet_file()
+  (cache / 'model.pth').write_bytes(other)
+  _, variables = models.load_pretrained('googlenet', 'hub')
+  assert not np.array_equal(variables['params']['fc']['bias'], state['fc.bias'].numpy())
+  assert len(os.listdir(cache / hub.CONVERTED)) == 2
 
 
 def test_offline_with_nothing_cached_is_one_line_naming_the_url(cache):
@@ -286,13 +335,15 @@ def test_a_damaged_cache_entry_is_one_line_saying_to_delete_it(cache, googlenet_
   body, _ = googlenet_file
   entry = publish(monkeypatch, http_server, body, f'googlenet-{hashlib.sha256(body).hexdigest()[:8]}.pth')
   models.load_pretrained('googlenet')
-  for root, _, files in os.walk(hub.converted_dir(entry)):
+  for root, _, files in os.walk(hub.converted_dir(entry, hub.known_sha256(entry))):
     for file in files:
       if 'manifest' in file or file.endswith('.ocdbt') or 'd/' in root + '/':
         pathlib.Path(root, file).write_bytes(b'damaged')
   with pytest.raises(ValueError) as error:
     models.load_pretrained('googlenet')
-  assert one_line(error).startswith(f'cannot read converted weights {hub.converted_dir(entry)} (')
+  assert one_line(error).startswith(
+      f'cannot read converted weights {hub.converted_dir(entry, hub.known_sha256(entry))} ('
+  )
   assert one_line(error).endswith('delete the folder to download and convert again.')
 
 

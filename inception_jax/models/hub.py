@@ -8,8 +8,8 @@
 A file is downloaded once into the cache ($INCEPTION_JAX_CACHE, default
 ~/.cache/inception_jax; a copy in torch.hub's folder is used if it passes the check), checked
 against its sha256 before it is kept, and converted once: the Flax variables go to
-`converted/<model>.<tag>-<hash of the URL>/` in the cache, so the next call reads them with no
-network and no conversion. Entries and their preprocessing follow torchvision's `Weights` and timm's
+`converted/<model>.<tag>-<the file's sha256>-v<conversion version>/` in the cache, so the next
+call reads them with no network and no conversion, and a different file gets its own folder. Entries and their preprocessing follow torchvision's `Weights` and timm's
 `pretrained_cfg` for the same files.
 """
 
@@ -19,6 +19,7 @@ import dataclasses
 import errno
 import hashlib
 import http.client
+import logging
 import os
 import re
 import urllib.request
@@ -28,7 +29,7 @@ from inception_jax.preprocess import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN
 
 CACHE_ENV = 'INCEPTION_JAX_CACHE'  # where downloaded and converted weights go; default ~/.cache/inception_jax
 CONVERTED = 'converted'  # the cache's folder of converted weights
-CONVERTED_VERSION = 1  # part of a converted folder's name: raise it when the conversion changes
+CONVERTED_VERSION = 2  # part of a converted folder's name: raise it when the conversion changes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +41,8 @@ class Weights:
   source: str  # the layout its keys follow: a models.convert.WEIGHT_SOURCES source
   url: str
   # The file's sha256, or the start of it that its name carries (torch.hub's convention). None:
-  # the hash the server declares for the file (the Hugging Face hub's X-Linked-Etag) is checked.
+  # the hash the server declares for the file (the Hugging Face hub's X-Linked-Etag) is checked
+  # and recorded beside it in the cache (`<file>.sha256`); later reads are checked against that.
   sha256: str | None
   preprocessing: Preprocessing
   filename: str = ''  # in the cache; default: the URL's last part
@@ -140,11 +142,42 @@ def cache_dir() -> str:
   return os.environ.get(CACHE_ENV) or os.path.join(_cache_home(), 'inception_jax')
 
 
-def converted_dir(weights: Weights) -> str:
-  """The cache's folder of `weights` converted: named after the file's URL and the conversion's
-  version too, so that neither a new file nor a changed conversion reads an old folder."""
-  key = hashlib.sha256(f'{weights.url} {CONVERTED_VERSION}'.encode()).hexdigest()[:8]
-  return os.path.join(cache_dir(), CONVERTED, f'{weights.name}-{key}')
+def converted_dir(weights: Weights, sha256: str) -> str:
+  """The cache's folder of `weights` converted from the file with `sha256` (or its start): a
+  different file, or a changed conversion (CONVERTED_VERSION), never reads an old folder."""
+  return os.path.join(cache_dir(), CONVERTED, f'{weights.name}-{sha256[:16]}-v{CONVERTED_VERSION}')
+
+
+def known_sha256(weights: Weights) -> str | None:
+  """What `weights`' file is checked against: the registry's sha256, the start its name
+  carries, or the hash the hub declared when it was downloaded (recorded in the cache)."""
+  return _published_sha256(weights.url, weights.sha256) or _recorded_sha256(os.path.join(cache_dir(), weights.file))
+
+
+def file_sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    while chunk := f.read(1 << 20):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _published_sha256(url: str, sha256: str | None) -> str | None:
+  if sha256 is None and (match := re.search(r'-([a-f0-9]{8,64})\.', os.path.basename(url))):
+    return match.group(1)
+  return sha256
+
+
+def _recorded_sha256(path: str) -> str | None:
+  """The sha256 recorded for the downloaded file `path` (sha256sum's `<hex>  <name>` line), if any."""
+  try:
+    with open(path + '.sha256', encoding='utf-8') as f:
+      line = f.read(200)
+  except FileNotFoundError:
+    return None
+  if not (match := re.fullmatch(r'([a-f0-9]{64})  (\S+)\n?', line)) or match.group(2) != os.path.basename(path):
+    raise ValueError(f'{path}.sha256 is not the sha256 record of {os.path.basename(path)}: delete it and {path}.')
+  return match.group(1)
 
 
 def _cache_home() -> str:
@@ -161,22 +194,30 @@ def download(url: str, filename: str = '', sha256: str | None = None, *, cache: 
 
   Looks first in the cache (where a copy fetched elsewhere may be put), then in torch.hub's
   folder; a file found is checked too. The check: `sha256` (the digest or its start), else the
-  hex digits after the last '-' of the file's name (torch.hub's convention), else, for a
-  download, the sha256 the server declares (X-Linked-Etag). A download goes to a temporary
-  file, renamed when complete and checked: an interrupted or wrong download leaves nothing.
-  `hint` says how to pass a local copy instead.
+  hex digits after the last '-' of the file's name (torch.hub's convention), else the sha256
+  the server declared when it was downloaded: X-Linked-Etag, recorded beside the file as
+  `<file>.sha256`. A copy put in the cache by hand with none of these is used with a warning
+  that it is not checked. A download goes to a temporary file, renamed when complete and
+  checked: an interrupted or wrong download leaves nothing. `hint` says how to pass a local
+  copy instead.
   """
   filename = filename or os.path.basename(url)
-  if sha256 is None and (match := re.search(r'-([a-f0-9]{8,64})\.', os.path.basename(url))):
-    sha256 = match.group(1)
+  sha256 = _published_sha256(url, sha256)
   cache = cache or cache_dir()
   cached = os.path.join(cache, filename)
   if os.path.isfile(cached):  # downloaded (and checked) before, or put there by hand
-    if sha256 and not _sha256(cached).startswith(sha256):
-      raise ValueError(f'{cached} is not the published {filename} (its sha256 does not start {sha256}): delete it.')
+    expected = sha256 or _recorded_sha256(cached)
+    if expected is None:
+      logging.warning(
+          '%s is not checked: no sha256 is published for it, and none was recorded (it was not downloaded here); '
+          'it is used as it is.',
+          cached,
+      )
+    elif not file_sha256(cached).startswith(expected):
+      raise ValueError(f'{cached} is not the published {filename} (its sha256 does not start {expected}): delete it.')
     return cached
   found = os.path.join(torch_hub_dir(), os.path.basename(url))
-  if sha256 and os.path.isfile(found) and _sha256(found).startswith(sha256):
+  if sha256 and os.path.isfile(found) and file_sha256(found).startswith(sha256):
     return found
   try:
     os.makedirs(cache, exist_ok=True)
@@ -187,13 +228,13 @@ def download(url: str, filename: str = '', sha256: str | None = None, *, cache: 
         f'cannot make the cache folder {cache} for {filename} ({e.strerror}): set ${CACHE_ENV} to a folder '
         f'you can write, or {hint}.'
     ) from None
-  target, received = os.path.join(cache, filename), 0
+  received = 0
   try:
     digest = hashlib.sha256()
     declared = _DeclaredSha256()
     # Another process may have put the same checked file there meanwhile: replacing it changes nothing.
     with (
-        files.atomic(target, overwrite=True) as f,
+        files.atomic(cached, overwrite=True) as f,
         urllib.request.build_opener(declared).open(url, timeout=60) as response,
     ):
       declared.read(response.headers)
@@ -212,11 +253,14 @@ def download(url: str, filename: str = '', sha256: str | None = None, *, cache: 
             f'{url} downloaded with sha256 {digest.hexdigest()[:16]}..., not {expected[:16]}...: '
             'a damaged or different file; not kept.'
         )
+      if sha256 is None:  # recorded before the file appears: a file in the cache never lacks its record
+        with files.atomic(cached + '.sha256', overwrite=True, text=True) as record:
+          record.write(f'{expected}  {filename}\n')
   except (OSError, http.client.HTTPException) as e:
     if isinstance(e, http.client.IncompleteRead):
       e = f'interrupted after {received + len(e.partial):,} bytes'
     raise ValueError(f'could not download {filename} from {url} ({e}); fetch it elsewhere and {hint}.') from None
-  return target
+  return cached
 
 
 class _DeclaredSha256(urllib.request.HTTPRedirectHandler):
@@ -233,11 +277,3 @@ class _DeclaredSha256(urllib.request.HTTPRedirectHandler):
   def redirect_request(self, req, fp, code, msg, headers, newurl):  # pylint: disable=too-many-arguments
     self.read(headers)
     return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    while chunk := f.read(1 << 20):
-      digest.update(chunk)
-  return digest.hexdigest()

@@ -73,8 +73,8 @@ def load_pretrained(name: str, weights: str | os.PathLike | None = None, *, sour
 def load_published(weights: hub.Weights, *, hint: str = '', **overrides):
   """(model, variables) of a registry entry: from the converted cache, else downloaded (once;
   `hint` says how to pass a local copy when that fails), converted and cached."""
-  folder = hub.converted_dir(weights)
-  if os.path.isdir(folder):
+  known = hub.known_sha256(weights)
+  if known and os.path.isdir(folder := hub.converted_dir(weights, known)):
     return _load_converted(weights.model, folder, overrides)
   if not hint:
     source = (
@@ -85,10 +85,21 @@ def load_published(weights: hub.Weights, *, hint: str = '', **overrides):
         f"load_pretrained({weights.model!r}, 'PATH/{os.path.basename(weights.url)}'{source})"
     )
   path = hub.download(weights.url, weights.file, weights.sha256, hint=hint)
+  # The folder is named after the hash the file was checked against, else (a copy put in the
+  # cache by hand, unchecked) the file's own: a replaced file is never served another's variables.
+  sha256 = hub.known_sha256(weights) or hub.file_sha256(path)
   model, variables = _convert_file(weights.model, path, weights.source, {})
   # Orbax writes a checkpoint with every process of a multi-process run; each converts its own copy here.
   if jax.process_count() == 1:
-    _save_atomically(folder, weights.model, model, variables, source=weights.source, source_file=weights.url)
+    _save_atomically(
+        hub.converted_dir(weights, sha256),
+        weights.model,
+        model,
+        variables,
+        source=weights.source,
+        source_file=weights.url,
+        source_sha256=sha256,
+    )
   if not overrides:
     return model, variables
   return _checked(weights.model, {**convert.model_config(model), **overrides}, variables, path)
