@@ -15,6 +15,9 @@ What a run can count on:
   anything that is not evidence of damage) moves nothing: `CheckpointReadError`.
 - With several processes, every one reads each step and they agree before anything is
   moved: the run restores the newest step that all of them can read.
+- A save that cannot fit (the disk's free space, ulimit -f) is refused before anything is
+  written, and a save that fails while writing is one `CheckpointWriteError` naming the step,
+  the cause and the newest saved step; the steps saved before are kept.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from inception_jax import files
+
 
 class CheckpointError(RuntimeError):
   """No checkpoint in a directory can be read into the expected state."""
@@ -46,6 +51,10 @@ class CheckpointMismatchError(CheckpointError):
 
 class CheckpointReadError(CheckpointError):
   """A checkpoint could not be read for a reason that is not evidence of damage: nothing was moved."""
+
+
+class CheckpointWriteError(CheckpointError):
+  """A save that did not fit or failed while writing (a full disk, say); the older steps are kept."""
 
 
 class NonFiniteStateError(FloatingPointError):
@@ -101,6 +110,10 @@ class Checkpointer:
   def __init__(self, directory: str, *, save_every_steps: int, keep: int, async_save: bool = True):
     self.directory = os.path.abspath(directory)
     self.set_aside_directory = self.directory + '_set_aside'
+    self._saving = None  # the step of the save in progress
+    # Orbax logs a failed background write with its traceback, then raises the error to the
+    # caller: here, as one CheckpointWriteError. (Installed once; other Orbax users still get the error.)
+    logging.get_absl_logger().addFilter(_orbax_write_error_record)
     self._save_every_steps = max(save_every_steps, 1)
     self._manager = ocp.CheckpointManager(
         self.directory,
@@ -147,9 +160,13 @@ class Checkpointer:
       raise NonFiniteStateError(f'the state of step {step} holds NaN or infinity; it was not saved')
     meta = {**meta, 'checksums': checksums, 'shapes': _shapes(state)}
     meta['meta_checksum'] = _digest(meta)
-    self._manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True
-    )
+    if problem := files.room_for(self.directory, sum(x.nbytes for x in jax.tree.leaves(state))):
+      raise CheckpointWriteError(f'cannot save step {step} in {self.directory}: {problem}; {self._resume_advice()}')
+    self._saving = step
+    with self._write_errors():
+      self._manager.save(
+          step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True
+      )
 
   def restore(
       self, abstract_state: Any, *, rewind_to: int = -1, check: Callable[[dict, int], None] = lambda meta, step: None
@@ -327,15 +344,58 @@ class Checkpointer:
     return self._manager.reached_preemption(step)
 
   def check_for_errors(self) -> None:
-    """Raises the error of a background save that failed (a full disk, say)."""
-    self._manager.check_for_errors()
+    """Raises the error of a background save that failed (a full disk, say): CheckpointWriteError."""
+    with self._write_errors():
+      self._manager.check_for_errors()
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    with self._write_errors():
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.close()
     self._reader.close()
+
+  @contextlib.contextmanager
+  def _write_errors(self):
+    """An error of the save in progress as one CheckpointWriteError: its step and its cause."""
+    try:
+      yield
+    except CheckpointError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  # Orbax's and TensorStore's errors of a write
+      self._manager.reload()
+      raise CheckpointWriteError(
+          f'cannot save step {self._saving} in {self.directory} ({_cause(e)}); {self._resume_advice()}'
+      ) from e
+
+  def _resume_advice(self) -> str:
+    latest = self._manager.latest_step()
+    if latest is None:
+      return 'no step is saved yet: make room and run the same command to start again.'
+    return f'the newest saved step is {latest}: make room and run the same command to resume from it.'
+
+
+_ORBAX_WRITE_ERROR = re.compile(
+    r'_SignalingThread\.run\(\) raised an exception|Handler Commit operations|Save Finalize'
+)
+
+
+def _orbax_write_error_record(record) -> bool:
+  """False for Orbax's ERROR logs of a failed background write: the Checkpointer raises that error itself."""
+  return not (record.levelno >= logging.converter.STANDARD_ERROR and _ORBAX_WRITE_ERROR.search(record.getMessage()))
+
+
+def _cause(error: BaseException) -> str:
+  """What failed, in a few words: an OS error's text (TensorStore's os_error_code too), else the first line."""
+  seen = error
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.strerror:
+      return seen.strerror
+    if match := re.search(r"os_error_code='?(\d+)", str(seen)):
+      return os.strerror(int(match.group(1)))
+    seen = seen.__cause__ or seen.__context__
+  return _first_line(error)
 
 
 @contextlib.contextmanager

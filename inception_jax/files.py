@@ -6,6 +6,8 @@ put in place whole, so that no reader ever sees it half-written and a failure le
 there before. Without `overwrite` it never replaces a file: the path is checked before any work
 (`check_output`) and the file is put in place by a link, which fails if the path has appeared
 since. Only a command's own outputs in its own folder (a run's final_metrics.json) are replaced.
+Before a large write (a checkpoint, converted weights), `room_for` says whether it can fit, so
+that a full disk is one line rather than a write that fails half-way.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from typing import IO
 
 try:
   import fcntl
-except ImportError:  # Windows: runs are not locked
-  fcntl = None
+  import resource
+except ImportError:  # Windows: runs are not locked, file sizes not limited
+  fcntl = resource = None
 
 
 def check_output(
@@ -48,6 +51,28 @@ def check_output(
   if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
     raise ValueError(f'{flag}={path}: {folder} is not a folder this process can write to.')
   return target
+
+
+def room_for(folder: str, nbytes: int) -> str | None:
+  """Why `nbytes` of new files cannot be written into `folder`, or None: more than its disk has
+  free, or more than this process may write into one file (ulimit -f). A folder whose disk
+  cannot be asked (a remote path) is not checked: the write itself will say."""
+  needed = nbytes + nbytes // 10 + (1 << 20)  # what Orbax adds: metadata, manifests, the JSON record
+  limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0] if resource else -1
+  if 0 <= limit < needed:  # RLIM_INFINITY is -1
+    return f'it needs about {_mib(needed)}, and this process may write files of at most {_mib(limit)} (ulimit -f)'
+  existing = os.path.abspath(folder)
+  while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
+    existing = os.path.dirname(existing)
+  try:
+    free = shutil.disk_usage(existing).free
+  except OSError:
+    return None
+  return f'it needs about {_mib(needed)}, and its disk has {_mib(free)} free' if free < needed else None
+
+
+def _mib(nbytes: int) -> str:
+  return f'{nbytes / 2**20:.1f} MiB'
 
 
 @contextlib.contextmanager

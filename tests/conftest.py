@@ -1,8 +1,10 @@
+import contextlib
 import functools
 import http.server
 import json
 import os
 import pathlib
+import resource
 import shutil
 import threading
 
@@ -66,6 +68,18 @@ def tiny_config(**fields):
 def tiny_flags(**fields):
   """TINY with `fields` ({dotted field: value}) as the experiments' --config.* flags."""
   return [f'--config.{name}={value}' for name, value in (TINY | fields).items()]
+
+
+@contextlib.contextmanager
+def file_size_limit(nbytes: int):
+  """This process may write no file past `nbytes` (ulimit -f): a write beyond fails with EFBIG,
+  as on a full disk (Python ignores SIGXFSZ). The tests run as root, where permissions fail nothing."""
+  soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+  try:
+    yield
+  finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
 def metrics_lines(workdir) -> list[dict]:

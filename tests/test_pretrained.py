@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import file_size_limit
 from inception_jax import models, preprocess
 from inception_jax.models import convert, hub, pretrained
 from scripts.torch_refs import torchvision_googlenet as tv_googlenet
@@ -199,6 +200,24 @@ def test_a_copy_of_a_file_with_no_published_sha256_is_said_unchecked_and_convert
   _, variables = models.load_pretrained('googlenet', 'hub')
   assert not np.array_equal(variables['params']['fc']['bias'], state['fc.bias'].numpy())
   assert len(os.listdir(cache / hub.CONVERTED)) == 2
+
+
+def test_a_cache_that_cannot_take_the_conversion_costs_a_warning_not_the_result(
+    cache, googlenet_file, monkeypatch, caplog
+):
+  body, state = googlenet_file
+  name = f'googlenet-{hashlib.sha256(body).hexdigest()[:8]}.pth'
+  publish(monkeypatch, None, body, name, url='http://127.0.0.1:9')
+  cache.mkdir()
+  (cache / name).write_bytes(body)
+  with caplog.at_level(logging.WARNING), file_size_limit(1 << 20):  # the variables are 26 MB
+    _, variables = models.load_pretrained('googlenet')
+  np.testing.assert_array_equal(variables['params']['fc']['bias'], state['fc.bias'].numpy())
+  assert [r.getMessage() for r in caplog.records] == [
+      f'Converted {cache}/{name} but did not keep it in {cache}/converted: it needs about 28.9 MiB, '
+      'and this process may write files of at most 1.0 MiB (ulimit -f); the next call converts again.'
+  ]
+  assert os.listdir(cache) == [name]  # nothing half-written
 
 
 def test_offline_with_nothing_cached_is_one_line_naming_the_url(cache):

@@ -19,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import ROOT, damage, metrics_lines, params_of
+from conftest import ROOT, damage, file_size_limit, metrics_lines, params_of
 from inception_jax import checkpoint, data, files, interrupts, parallel, train
 from scripts import chaos
 
@@ -106,6 +106,45 @@ def test_checkpoints_of_older_layouts_resume_verified_or_are_refused_and_kept(
   resumed, final = train.train_and_evaluate(make_config(), str(workdir))
   assert [p.name.split('-')[:2] for p in (workdir / 'checkpoints_set_aside').iterdir()] == [['6', 'unreadable']]
   jax.tree.map(np.testing.assert_array_equal, params_of(resumed), finished_run[1])  # step 3's, then 3 more steps
+
+
+def test_a_checkpoint_that_cannot_fit_is_one_line_before_anything_is_written(tmp_path, caplog):
+  checkpointer = checkpoint.Checkpointer(str(tmp_path / 'checkpoints'), save_every_steps=1, keep=2)
+  state = {'w': jax.numpy.ones((256, 1024))}  # 1 MiB
+  with caplog.at_level('WARNING', logger='absl'), file_size_limit(256 << 10):
+    with pytest.raises(checkpoint.CheckpointWriteError) as error:
+      checkpointer.save(1, state, {})
+  message = str(error.value)
+  assert '\n' not in message and message.startswith(f'cannot save step 1 in {tmp_path}/checkpoints: it needs about')
+  assert 'files of at most 0.2 MiB (ulimit -f)' in message
+  assert os.listdir(tmp_path / 'checkpoints') == [] and not caplog.records
+  checkpointer.save(1, state, {})  # room again
+  checkpointer.wait()
+  assert checkpointer.all_steps() == [1]
+  checkpointer.close()
+
+
+def test_a_save_that_fails_while_writing_is_one_line_naming_the_cause_and_keeps_the_older_steps(
+    tmp_path, caplog, monkeypatch
+):
+  checkpointer = checkpoint.Checkpointer(str(tmp_path / 'checkpoints'), save_every_steps=1, keep=2)
+  small = {'w': jax.numpy.ones((16,))}
+  large = {'w': jax.random.normal(jax.random.PRNGKey(0), (256, 1024))}  # 1 MiB that does not compress
+  checkpointer.save(1, small, {})
+  checkpointer.wait()
+  monkeypatch.setattr(files, 'room_for', lambda folder, nbytes: None)  # the disk fills while it writes
+  with caplog.at_level('WARNING', logger='absl'), file_size_limit(256 << 10):
+    with pytest.raises(checkpoint.CheckpointWriteError) as error:
+      checkpointer.save(2, large, {})
+      checkpointer.wait()
+      checkpointer.check_for_errors()
+  assert str(error.value) == (
+      f'cannot save step 2 in {tmp_path}/checkpoints (File too large); the newest saved step is 1: '
+      'make room and run the same command to resume from it.'
+  )
+  assert not caplog.records  # Orbax's own tracebacks of the same error
+  assert checkpointer.all_steps() == [1]
+  checkpointer.close()
 
 
 def test_metric_lines_past_the_restored_step_move_to_a_side_file_never_away(tmp_path, make_config, finished_run):

@@ -89,17 +89,22 @@ def load_published(weights: hub.Weights, *, hint: str = '', **overrides):
   # cache by hand, unchecked) the file's own: a replaced file is never served another's variables.
   sha256 = hub.known_sha256(weights) or hub.file_sha256(path)
   model, variables = _convert_file(weights.model, path, weights.source, {})
-  # Orbax writes a checkpoint with every process of a multi-process run; each converts its own copy here.
-  if jax.process_count() == 1:
-    _save_atomically(
-        hub.converted_dir(weights, sha256),
-        weights.model,
-        model,
-        variables,
-        source=weights.source,
-        source_file=weights.url,
-        source_sha256=sha256,
+  # The variables are here: a cache that cannot take them costs the next call a conversion, not this one's result.
+  folder = hub.converted_dir(weights, sha256)
+  if problem := files.room_for(folder, sum(x.nbytes for x in jax.tree.leaves(variables))):
+    logging.warning(
+        'Converted %s but did not keep it in %s: %s; the next call converts again.',
+        path,
+        os.path.dirname(folder),
+        problem,
     )
+  elif jax.process_count() == 1:  # Orbax writes with every process of a multi-process run; each converts its own
+    try:
+      _save_atomically(
+          folder, weights.model, model, variables, source=weights.source, source_file=weights.url, source_sha256=sha256
+      )
+    except Exception as e:  # pylint: disable=broad-except  # Orbax's and TensorStore's errors of a failed write
+      logging.warning('Converted %s but could not keep it (%s); the next call converts again.', path, _first_line(e))
   if not overrides:
     return model, variables
   return _checked(weights.model, {**convert.model_config(model), **overrides}, variables, path)
@@ -140,9 +145,8 @@ def _load_converted(name: str, path: str, overrides: dict[str, Any]):
     metadata = checkpointer.metadata(path).custom_metadata or {}
     restored = checkpointer.restore(path)
   except Exception as e:  # pylint: disable=broad-except  # Orbax's and TensorStore's errors for a damaged folder
-    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
     raise ValueError(
-        f'cannot read converted weights {path} ({type(e).__name__}: {reason[:200]})'
+        f'cannot read converted weights {path} ({_first_line(e)})'
         + ('; delete the folder to download and convert again.' if path.startswith(hub.cache_dir()) else '.')
     ) from None
   finally:
@@ -180,3 +184,7 @@ def _template(model) -> dict[str, tuple[int, ...]]:
   x = jnp.zeros((1, model.image_size, model.image_size, model.in_channels))
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
   return {'/'.join(k): tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(flax.core.unfreeze(shapes)).items()}
+
+
+def _first_line(e: Exception) -> str:
+  return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
