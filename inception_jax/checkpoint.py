@@ -78,12 +78,22 @@ _DAMAGE = re.compile(
 )
 
 
-def _is_damage(error: BaseException) -> bool:
-  """True only on evidence that files are damaged; an error of the environment, or one not understood, is not."""
+# A layout newer than the installed TensorStore reads (its OCDBT manifest's format version): not damage.
+_NEWER_LAYOUT = re.compile(r'Maximum supported version is \d+ but received: \d+')
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+  """`error` and the errors it was raised from (or during), outermost first."""
   chain, seen = [], error
   while seen is not None and len(chain) < 16:
     chain.append(seen)
     seen = seen.__cause__ or seen.__context__
+  return chain
+
+
+def _is_damage(error: BaseException) -> bool:
+  """True only on evidence that files are damaged; an error of the environment, or one not understood, is not."""
+  chain = _chain(error)
   missing = (FileNotFoundError, NotADirectoryError)
   if any(
       isinstance(e, MemoryError)
@@ -295,10 +305,16 @@ class Checkpointer:
     try:
       return self._reader.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except
+      if newer := next(filter(None, (_NEWER_LAYOUT.search(str(x)) for x in _chain(e))), None):
+        raise CheckpointReadError(
+            f'The checkpoint of step {step} in {self.directory} is in a layout this installation cannot read '
+            f'({newer.group()}): it is no evidence of damage, so nothing was moved; install the orbax-checkpoint '
+            'and tensorstore that wrote it, or newer, and run the same command again.'
+        ) from e
       if _is_damage(e):
         raise _Damaged(f'The checkpoint of step {step} in {self.directory} is damaged ({_first_line(e)}).') from e
       raise CheckpointReadError(
-          f'The checkpoint of step {step} in {self.directory} could not be read ({_first_line(e)}); that is no '
+          f'The checkpoint of step {step} in {self.directory} could not be read ({_cause(e)}); that is no '
           'evidence of damage, so nothing was moved: fix the cause (permissions, memory, the filesystem) and run '
           'the same command again.'
       ) from e
@@ -386,15 +402,17 @@ def _orbax_write_error_record(record) -> bool:
   return not (record.levelno >= logging.converter.STANDARD_ERROR and _ORBAX_WRITE_ERROR.search(record.getMessage()))
 
 
+# TensorStore's message of a failed file operation: ... "FILE": REASON [os_error_code='N'] ...
+_TENSORSTORE_OS_ERROR = re.compile(r'"([^"]+)": [^"\[]*\[os_error_code=\'?(\d+)')
+
+
 def _cause(error: BaseException) -> str:
-  """What failed, in a few words: an OS error's text (TensorStore's os_error_code too), else the first line."""
-  seen = error
-  while seen is not None:
+  """What failed, in a few words: an OS error's file and text (TensorStore's too), else the first line."""
+  for seen in _chain(error):
     if isinstance(seen, OSError) and seen.strerror:
-      return seen.strerror
-    if match := re.search(r"os_error_code='?(\d+)", str(seen)):
-      return os.strerror(int(match.group(1)))
-    seen = seen.__cause__ or seen.__context__
+      return f'{seen.filename}: {seen.strerror}' if seen.filename else seen.strerror
+    if match := _TENSORSTORE_OS_ERROR.search(str(seen)):
+      return f'{match.group(1)}: {os.strerror(int(match.group(2)))}'
   return _first_line(error)
 
 
