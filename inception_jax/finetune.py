@@ -28,6 +28,18 @@ from inception_jax.models import convert
 TRAINABLE = ('all', 'head')
 
 
+def check_config(config: ml_collections.ConfigDict, *, resuming: bool) -> None:
+  """Refuses, before any data is read, what create_model would: an unknown `trainable`, a head
+  to train alone without weights, and (unless the run resumes, which reads no weights)
+  `pretrained` naming neither published weights nor a file or folder."""
+  if config.trainable not in TRAINABLE:
+    raise ValueError(f'Unknown trainable {config.trainable!r}; use {" or ".join(map(repr, TRAINABLE))}.')
+  if not config.pretrained and config.trainable != 'all':
+    raise ValueError("trainable='head' needs pretrained weights to freeze: set config.pretrained.")
+  if config.pretrained and not resuming:
+    models.pretrained.check_weights(config.model.name, config.pretrained)
+
+
 def create_model(
     config: ml_collections.ConfigDict, num_classes: int, built: dict[str, Any] | None = None
 ) -> tuple[Any, dict[str, Any] | None]:
@@ -39,14 +51,11 @@ def create_model(
   shape no longer fits. `built`: the fields of the model a checkpoint was written for
   (convert.model_config), which a resume rebuilds without reading the weights again.
   """
-  if config.trainable not in TRAINABLE:
-    raise ValueError(f'Unknown trainable {config.trainable!r}; use {" or ".join(map(repr, TRAINABLE))}.')
+  check_config(config, resuming=built is not None)
   overrides = {k: v for k, v in config.model.items() if k != 'name'}
   if 'dtype' in overrides:
     overrides['dtype'] = jnp.dtype(overrides['dtype'])
   if not config.pretrained:
-    if config.trainable != 'all':
-      raise ValueError("trainable='head' needs pretrained weights to freeze: set config.pretrained.")
     return models.create_model(config.model.name, num_classes=num_classes, **overrides), None
   if built is not None:  # JSON's lists back to the tuples they were (Flax modules are hashed)
     built = {k: tuple(v) if isinstance(v, list) else v for k, v in built.items()}

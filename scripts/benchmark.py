@@ -467,9 +467,17 @@ def _print(result: dict) -> None:
     print('\n'.join(f'{k}: {v}' for k, v in result.items()), flush=True)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+def main(argv) -> int:
+  try:
+    _check_flags(argv)
+    _benchmark()
+  except ValueError as e:  # a flag, or what the model says of its input (an image smaller than it allows)
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  return 0
+
+
+def _benchmark() -> None:
   if _KEEP_FREED_MEMORY.value:
     hostmem.keep_freed_memory()  # before XLA's threads (or torch) allocate anything
   peak_flops = _PEAK_FLOPS.value
@@ -504,6 +512,19 @@ def main(argv):
           steps_per_loop=_STEPS_PER_LOOP.value,
       )
   )
+
+
+def _check_flags(argv) -> None:
+  """Every flag checked before anything is timed, compiled or read (ValueError, one line)."""
+  if len(argv) > 1:
+    raise ValueError(f'unexpected arguments {argv[1:]}: benchmark takes only flags.')
+  if _MODE.value in ('train', 'eval') and _MODEL.value not in models.list_models():
+    raise ValueError(f'unknown --model={_MODEL.value}; the models: {", ".join(models.list_models())}.')
+  for flag in (_BATCH, _IMAGE_SIZE, _STEPS, _STEPS_PER_LOOP, _PEAK_FLOPS):
+    if flag.value is not None and flag.value <= 0:
+      raise ValueError(f'--{flag.name} must be positive, got {flag.value}.')
+  if _MODE.value == 'resume' and not os.path.isfile(path := _RESUME_CONFIG.value.split(':', 1)[0]):
+    raise ValueError(f'--resume_config: no config file {path}.')
 
 
 if __name__ == '__main__':

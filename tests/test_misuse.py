@@ -2,7 +2,7 @@
 where a file belongs, an output that is an input or exists, sizes of zero or less). Every case
 must end in one line on stderr and a non-zero exit status, with every file that was there before
 byte-identical and nothing added (issue 30). The commands run in this process (their absl mains);
-the training commands' own refusals are in test_reliability.py and test_train.py."""
+the experiments and chaos start processes of their own (they define their flags as commands)."""
 
 import importlib
 import subprocess
@@ -19,18 +19,26 @@ from scripts import chaos
 # Each script's flags are taken out of absl's FLAGS as soon as it is imported: several define --model.
 RUN = {
     name: conftest.script_runner(importlib.import_module(f'scripts.{name}'))
-    for name in ('fid', 'predict', 'convert_weights', 'plot_metrics', 'flops')
+    for name in ('fid', 'predict', 'convert_weights', 'plot_metrics', 'flops', 'benchmark')
 }
 
 
-def run_chaos(*args) -> int:
-  """scripts.chaos in a process of its own (it defines its flags only as a command); its stderr passed on."""
-  run = subprocess.run([sys.executable, '-m', 'scripts.chaos', *args], cwd=ROOT, capture_output=True, text=True)
-  sys.stderr.write(run.stderr)
-  return run.returncode
+def command(module: str):
+  """`run(*args) -> exit status` of `python -m module` in a process of its own; its stderr passed on."""
+
+  def run(*args) -> int:
+    done = subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, capture_output=True, text=True)
+    sys.stderr.write(done.stderr)
+    return done.returncode
+
+  return run
 
 
-RUN['chaos'] = run_chaos
+RUN.update(
+    chaos=command('scripts.chaos'),
+    mnist_inception=command('experiments.mnist_inception'),
+    finetune=command('experiments.finetune'),
+)
 
 # (command, arguments with {d} for the folder of the files below, what the one line says)
 CASES = [
@@ -96,6 +104,21 @@ CASES = [
     ('chaos', ['--workdir={d}/new', '--kills=-1'], '--kills must be 0 or more'),
     ('chaos', ['--workdir={d}/new', '--sigterms=-2'], '--sigterms must be 0 or more'),
     ('chaos', ['--workdir={d}/new', '--timeout=0'], '--timeout must be positive'),
+    ('benchmark', ['--model=nope'], 'unknown --model=nope'),
+    ('benchmark', ['--batch_size=0'], '--batch_size must be positive'),
+    ('benchmark', ['--steps=-1'], '--steps must be positive'),
+    ('benchmark', ['--mode=resume', '--resume_config={d}/absent.py'], 'no config file'),
+    ('benchmark', ['--model=googlenet', '--image_size=8', '--nokeep_freed_memory'], 'at least 15x15'),
+    ('benchmark', ['extra'], 'unexpected arguments'),
+    # The training commands: their one line comes before any data is read or any folder is made.
+    ('mnist_inception', ['--workdir={d}/new', '--config={d}/absent.py'], 'no config file'),
+    ('mnist_inception', ['--workdir={d}/new', '--config.no_such_field=1'], 'no_such_field'),
+    ('mnist_inception', ['--workdir={d}/new', '--config.global_batch_size=0'], 'global_batch_size must be positive'),
+    ('mnist_inception', ['--workdir={d}/notes.txt'], 'is a file; give a folder'),
+    ('mnist_inception', ['--workdir={d}/run', '--config.resume_from_step=3'], 'holds no checkpoint'),
+    ('mnist_inception', ['--workdir={d}/new', '--config.allow_config_change=True'], "names 'True'"),
+    ('finetune', ['--workdir={d}/new', '--config.pretrained={d}/absent.pth'], 'absent.pth: no such file or folder'),
+    ('finetune', ['--workdir={d}/new', '--config.trainable=nope'], "Unknown trainable 'nope'"),
 ]
 
 

@@ -59,15 +59,22 @@ def load_pretrained(name: str, weights: str | os.PathLike | None = None, *, sour
   `global_pool`, ...). Variables the model needs but the weights lack raise ValueError;
   ones they have but the model does not use are logged and dropped.
   """
+  check_weights(name, weights)
   if weights is None or weights in hub.WEIGHTS.get(name, {}):  # a tag first, whatever folder has its name
     return load_published(hub.pretrained_weights(name, weights), **overrides)
   if os.path.isdir(weights):
     return _load_converted(name, os.path.abspath(weights), overrides)
-  if os.path.isfile(weights):
-    return _convert_file(name, os.fspath(weights), source, overrides)
-  if os.sep in os.fspath(weights) or '.' in os.path.basename(weights):
+  return _convert_file(name, os.fspath(weights), source, overrides)
+
+
+def check_weights(name: str, weights: str | os.PathLike | None) -> None:
+  """ValueError, one line, unless `weights` is a tag of `name`'s published weights (or None), or
+  a file or folder that exists: checked before any work."""
+  if weights is None or weights in hub.WEIGHTS.get(name, {}) or os.path.isdir(weights) or os.path.isfile(weights):
+    return
+  if os.sep in os.fspath(weights) or '.' in os.path.basename(weights) or os.path.exists(weights):
     raise ValueError(f'{weights}: no such file or folder (weights for {name}: a tag, a file or a converted folder).')
-  return load_published(hub.pretrained_weights(name, weights), **overrides)  # names the tags
+  hub.pretrained_weights(name, weights)  # an unknown tag: names the tags
 
 
 def load_published(weights: hub.Weights, *, hint: str = '', **overrides):

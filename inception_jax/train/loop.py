@@ -257,15 +257,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     mesh = parallel.make_mesh(config.num_devices)
     parallel.check_batch_divisible(config.global_batch_size, mesh)
     parallel.check_batch_divisible(config.eval_batch_size, mesh, 'eval_batch_size')
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+      raise ValueError(f'--workdir={workdir} is a file; give a folder (a new one starts a new run).')
+    checkpoints = os.path.join(workdir, 'checkpoints')
+    resuming = any(name.isdigit() for name in _listdir(checkpoints))
+    if config.resume_from_step >= 0 and not resuming:
+      raise ckpt.CheckpointError(
+          f'resume_from_step={config.resume_from_step}, but {checkpoints} holds no checkpoint; check --workdir.'
+      )
+    finetune.check_config(config, resuming=resuming)
 
     inputs = data_lib.create_input(config, jax.process_index(), jax.process_count())
     config = record.resolve_config(config, inputs.num_train_examples)
     compilation_cache.enable(config.compilation_cache_dir)
-    checkpoints = os.path.join(workdir, 'checkpoints')
-    if config.resume_from_step >= 0 and not any(name.isdigit() for name in _listdir(checkpoints)):
-      raise ckpt.CheckpointError(
-          f'resume_from_step={config.resume_from_step}, but {checkpoints} holds no checkpoint; check --workdir.'
-      )
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:  # one run at a time in a workdir (the processes of one run share it)
       held.enter_context(files.run_lock(workdir))
