@@ -74,6 +74,13 @@ def get_config() -> ml_collections.ConfigDict:
   )  # learning-rate factor per top-level module: --config.lr_multipliers.fc1=0.1
   config.label_smoothing = 0.0
   config.aux_loss_weight = 0.3  # per auxiliary classifier (GoogLeNet's paper)
+  config.grad_clip_norm = (
+      0.0  # the gradient scaled down to at most this global norm (Inception v3's paper: 2.0); 0: off
+  )
+  # A moving average of the weights and BatchNorm statistics (as TF-slim and timm keep it), evaluated in their place:
+  config.ema_decay = 0.0  # e.g. 0.9999 (TensorFlow's Inception v3); 0: off
+  config.ema_warmup = False  # TensorFlow's num_updates form: the decay is min(ema_decay, (1 + n) / (10 + n)) at step n
+  config.eval_ema = True  # with ema_decay > 0: evaluate the average (False: the raw weights); both are logged
 
   # Devices.
   config.num_devices = -1  # devices of the 'data' axis; -1: all of them, on every process

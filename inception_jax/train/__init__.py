@@ -5,7 +5,8 @@
 is what `python -m experiments.mnist_inception` runs; tests call the same function.
 
 - optimizer: the optimizers and learning-rate schedules of the configs;
-- steps: the train state and the pure, jit-able train and evaluation steps;
+- steps: the train state (with a moving average of the weights, or without) and the pure, jit-able
+  train and evaluation steps;
 - writers: metrics.jsonl and TensorBoard;
 - record: the resolved config, what fixes a run, the resume check;
 - loop: the loop, evaluation, checkpoints and signals: train_and_evaluate.
@@ -22,6 +23,7 @@ from inception_jax.train.record import (
     run_record,
 )
 from inception_jax.train.steps import (
+    EMATrainState,
     TrainState,
     correct_top_k,
     create_model,

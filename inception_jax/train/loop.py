@@ -208,14 +208,21 @@ def _compile(config, state_sharding, mesh):
           aux_loss_weight=config.aux_loss_weight,
           label_smoothing=config.label_smoothing,
           frozen_statistics=config.trainable == 'head',
+          ema_decay=config.ema_decay,
+          ema_warmup=config.ema_warmup,
       ),
       in_shardings=(state_sharding, batches),
       out_shardings=(state_sharding, parallel.replicated(mesh)),
       donate_argnums=0,
   )
-  p_eval_steps = jax.jit(
-      steps.eval_steps, in_shardings=(state_sharding, batches), out_shardings=parallel.replicated(mesh)
-  )
+  p_eval_steps = {  # by the weights they evaluate
+      weights: jax.jit(
+          functools.partial(steps.eval_steps, use_ema=weights == 'ema'),
+          in_shardings=(state_sharding, batches),
+          out_shardings=parallel.replicated(mesh),
+      )
+      for weights in (('raw', 'ema') if config.ema_decay else ('raw',))
+  }
   return p_train_steps, p_eval_steps
 
 
@@ -286,7 +293,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     if config.trainable == 'head':
       tx = finetune.freeze(tx, model)
     schedule = optimizer.learning_rate_schedule(config)  # for logging
-    init = lambda: steps.create_train_state(model, tx, inputs.image_shape, config.seed)
+    ema = config.ema_decay > 0
+    init = lambda: steps.create_train_state(model, tx, inputs.image_shape, config.seed, ema=ema)
     abstract_state = jax.eval_shape(init)
     state_sharding = parallel.state_shardings(
         abstract_state,
@@ -306,7 +314,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
         check=lambda meta, step: record.check_resume(meta.get('config'), run_info['config'], step, allowed),
     )
     if restored is None:
-      state, meta = steps.initial_state(model, tx, inputs.image_shape, config.seed, state_sharding, pretrained), {}
+      state, meta = steps.initial_state(model, tx, inputs.image_shape, config.seed, state_sharding, pretrained, ema), {}
       logging.info('Starting from %s in %s.', f'weights {config.pretrained}' if pretrained else 'scratch', workdir)
     else:
       state, meta = restored
@@ -326,27 +334,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     if step == 0:
       writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
 
-    def run_eval(state, step: int) -> dict[str, float] | None:
-      """The evaluation's metrics, logged; None if a signal stopped it (JAX's preemption service
-      agrees on training steps only: with it, an evaluation runs to its end)."""
+    # The weights evaluated (eval_* in the logs, test_* in final_metrics.json) and, with a moving
+    # average, the other ones too (eval_raw_* or eval_ema_*).
+    evaluated = 'ema' if ema and config.eval_ema else 'raw'
+
+    def run_eval(state, step: int) -> dict[str, dict[str, float]] | None:
+      """The evaluation's metrics (of each weights evaluated), logged; None if a signal stopped it
+      (JAX's preemption service agrees on training steps only: with it, an evaluation runs to its end)."""
       hostmem.release_freed_memory()  # the training steps' temporaries make room for the evaluation's
-      start = time.perf_counter()
       stop = lambda: not interrupts.preemption_service() and interrupts.any_process(signals.received is not None)
-      metrics = evaluate(p_eval_steps, state, inputs, mesh, config.steps_per_loop, stop)
-      if metrics is None:
-        logging.warning('The evaluation of step %d was stopped; it runs first when the run resumes.', step)
-        return None
-      logging.info(
-          'eval at step %d: accuracy %.4f  top-5 %.4f  loss %.4f  (%d examples, %.1fs)',
-          step,
-          metrics['accuracy'],
-          metrics['top5_accuracy'],
-          metrics['loss'],
-          inputs.num_eval_examples,
-          time.perf_counter() - start,
-      )
-      writer.write_scalars(step, {f'eval_{k}': v for k, v in metrics.items()})
-      return metrics
+      results, scalars = {}, {}
+      for weights in sorted(p_eval_steps, key=lambda w: w != evaluated):
+        start = time.perf_counter()
+        metrics = evaluate(p_eval_steps[weights], state, inputs, mesh, config.steps_per_loop, stop)
+        if metrics is None:
+          logging.warning('The evaluation of step %d was stopped; it runs first when the run resumes.', step)
+          return None
+        logging.info(
+            'eval at step %d%s: accuracy %.4f  top-5 %.4f  loss %.4f  (%d examples, %.1fs)',
+            step,
+            f' ({"moving average" if weights == "ema" else "raw weights"})' if ema else '',
+            metrics['accuracy'],
+            metrics['top5_accuracy'],
+            metrics['loss'],
+            inputs.num_eval_examples,
+            time.perf_counter() - start,
+        )
+        prefix = 'eval_' if weights == evaluated else f'eval_{weights}_'
+        scalars |= {f'{prefix}{k}': v for k, v in metrics.items()}
+        results[weights] = metrics
+      writer.write_scalars(step, scalars)
+      return results
 
     train_seconds = float(meta.get('train_seconds', 0.0))
     if eval_pending:  # a signal stopped this step's evaluation
@@ -368,13 +386,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
         signals,
     )
     signals.training()  # a finished run that only evaluates
-    eval_metrics = run_eval(state, step)
-    if eval_metrics is None:
+    results = run_eval(state, step)
+    if results is None:
       raise _stopped(signals, checkpointer, step)
+    eval_metrics = results.pop(evaluated)
     final = {
         'test_accuracy': eval_metrics['accuracy'],
         'test_top5_accuracy': eval_metrics['top5_accuracy'],
         'test_loss': eval_metrics['loss'],
+        'evaluated_weights': 'moving average' if evaluated == 'ema' else 'raw',
+        **{f'test_{weights}_{k}': v for weights, other in results.items() for k, v in other.items()},
         'step': step,
         'train_seconds': round(train_seconds, 2),
         'num_params': num_params,

@@ -36,6 +36,8 @@ def create_optimizer(config) -> optax.GradientTransformation:
 
   config.weight_decay > 0 adds weight_decay * w to the gradient of every kernel (arrays of
   rank 2 and up; not biases or BatchNorm scales), as L2 regularization does.
+  config.grad_clip_norm > 0 then scales that gradient down to at most this global norm (the
+  Inception v3 paper clips at 2.0), before the optimizer sees it.
   config.lr_multipliers, e.g. {'fc1': 0.1}, scales the steps of a top-level module's
   parameters (its learning rate, for any of the three optimizers).
   """
@@ -55,6 +57,8 @@ def create_optimizer(config) -> optax.GradientTransformation:
     )
   else:
     raise ValueError(f"Unknown optimizer {config.optimizer!r}; use 'adam', 'sgd' or 'rmsprop'.")
+  if config.grad_clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
   weight_decay = config.weight_decay
   if weight_decay:
     kernels = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)

@@ -56,8 +56,13 @@ OPERATIONAL_FIELDS = frozenset(
         'shard_params',
         'shard_min_size',
         'compilation_cache_dir',
+        'eval_ema',
     }
 )
+
+# Fields added after runs began to record their configs, each with the value that does what
+# runs did before it: a record without one had that value.
+NEW_FIELDS = {'grad_clip_norm': 0.0, 'ema_decay': 0.0, 'ema_warmup': False}
 
 
 class ConfigChangedError(ValueError):
@@ -107,6 +112,7 @@ def check_resume(saved: dict[str, Any] | None, current: dict[str, Any], step: in
         'The checkpoint of step %d predates run records: its config cannot be compared with this one.', step
     )
     return
+  saved = NEW_FIELDS | saved
   unset = '(unset)'
   differ = sorted(
       k for k in saved.keys() | current.keys() if saved.get(k, unset) != current.get(k, unset) and k not in START_FIELDS
@@ -133,6 +139,10 @@ def check_config(config) -> None:
   (num_train_steps -1 is derived from the epochs later)."""
   if config.num_train_steps <= 0 and config.num_train_steps != -1:
     raise ValueError(f'num_train_steps must be positive, got {config.num_train_steps}.')
+  if not 0 <= config.ema_decay < 1:
+    raise ValueError(f'ema_decay must lie in [0, 1) (0: off), got {config.ema_decay}.')
+  if config.grad_clip_norm < 0:
+    raise ValueError(f'grad_clip_norm must be 0 (off) or positive, got {config.grad_clip_norm}.')
   for field in (
       'global_batch_size',
       'eval_batch_size',

@@ -25,30 +25,41 @@ class TrainState(flax.struct.PyTreeNode):
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
 
+class EMATrainState(TrainState):
+  """A train state with an exponential moving average of {'params', 'batch_stats'}
+  (config.ema_decay). A class of its own: a run without the average saves what it always saved."""
+
+  ema: Any
+
+
 def create_model(config: ml_collections.ConfigDict, num_classes: int):
   """The run's model (with config.pretrained, the one its weights belong to: finetune.create_model)."""
   return finetune.create_model(config, num_classes)[0]
 
 
-def create_train_state(model, tx, image_shape, seed: int, pretrained=None) -> TrainState:
+def create_train_state(model, tx, image_shape, seed: int, pretrained=None, ema: bool = False) -> TrainState:
   """A fresh state from `seed` (parameters and dropout keys come from separate streams), with
-  `pretrained` variables (finetune.create_model's) in place of the initialization's."""
+  `pretrained` variables (finetune.create_model's) in place of the initialization's. `ema`:
+  keep a moving average of the weights, starting from them (TF's and timm's start)."""
   params_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
   variables = model.init({'params': params_key}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
   variables = finetune.merge(flax.core.unfreeze(variables), pretrained)
-  params = variables['params']
-  return TrainState(
+  params, batch_stats = variables['params'], variables.get('batch_stats', {})
+  fields = dict(
       step=jnp.zeros((), jnp.int32),
       params=params,
-      batch_stats=variables.get('batch_stats', {}),
+      batch_stats=batch_stats,
       opt_state=tx.init(params),
       dropout_key=dropout_key,
       apply_fn=model.apply,
       tx=tx,
   )
+  if ema:
+    return EMATrainState(**fields, ema=jax.tree.map(jnp.copy, {'params': params, 'batch_stats': batch_stats}))
+  return TrainState(**fields)
 
 
-def initial_state(model, tx, image_shape, seed: int, sharding=None, pretrained=None) -> TrainState:
+def initial_state(model, tx, image_shape, seed: int, sharding=None, pretrained=None, ema: bool = False) -> TrainState:
   """create_train_state as one compiled call, its arrays placed by `sharding` (a pytree of
   shardings, or None for the default device); `pretrained` arrays are its arguments.
 
@@ -58,7 +69,7 @@ def initial_state(model, tx, image_shape, seed: int, sharding=None, pretrained=N
   to 7.9 s) into the same values, bit for bit (tests/test_train.py checks it; -O0 is 1 ulp off).
   """
   options = {'xla_backend_optimization_level': 2} if jax.default_backend() == 'cpu' else None
-  init = lambda pretrained: create_train_state(model, tx, image_shape, seed, pretrained)
+  init = lambda pretrained: create_train_state(model, tx, image_shape, seed, pretrained, ema)
   return jax.jit(init, out_shardings=sharding, compiler_options=options)(pretrained)
 
 
@@ -84,6 +95,8 @@ def train_step(
     aux_loss_weight: float = 0.0,
     label_smoothing: float = 0.0,
     frozen_statistics: bool = False,
+    ema_decay: float = 0.0,
+    ema_warmup: bool = False,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a global batch; returns the new state and the batch's metrics.
 
@@ -93,6 +106,10 @@ def train_step(
   batch is one array (no per-device statistics, no axis_name). `frozen_statistics` runs the
   network as in evaluation (BatchNorm's running statistics, unchanged; no dropout), as a
   frozen backbone is run under its new head.
+
+  With a moving average in the state (an EMATrainState), it moves towards the new weights and
+  BatchNorm statistics: ema += (1 - d) * (new - ema), d = `ema_decay`, or with `ema_warmup`
+  TensorFlow's min(ema_decay, (1 + n) / (10 + n)) after n earlier steps.
   """
   dropout_key = jax.random.fold_in(state.dropout_key, state.step)
 
@@ -116,12 +133,14 @@ def train_step(
   labels_out_of_range = jnp.sum((batch['label'] < 0) | (batch['label'] >= logits.shape[-1]))
   loss = jnp.where(labels_out_of_range == 0, loss, jnp.nan)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-  state = state.replace(
-      step=state.step + 1,
-      params=optax.apply_updates(state.params, updates),
-      batch_stats=batch_stats,
-      opt_state=opt_state,
-  )
+  params = optax.apply_updates(state.params, updates)
+  if isinstance(state, EMATrainState):
+    decay = jnp.float32(ema_decay)
+    if ema_warmup:
+      decay = jnp.minimum(decay, (1.0 + state.step) / (10.0 + state.step))
+    new = {'params': params, 'batch_stats': batch_stats}
+    state = state.replace(ema=jax.tree.map(lambda e, w: e + (1 - decay) * (w - e), state.ema, new))
+  state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
   return state, {
       'loss': loss,
       'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
@@ -130,9 +149,10 @@ def train_step(
   }
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  """Sums over the real (mask 1) examples of a padded batch."""
-  logits, _ = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats}, batch['image'], train=False)
+def eval_step(state: TrainState, batch: dict[str, jax.Array], use_ema: bool = False) -> dict[str, jax.Array]:
+  """Sums over the real (mask 1) examples of a padded batch; `use_ema`: of the moving average's weights."""
+  variables = state.ema if use_ema else {'params': state.params, 'batch_stats': state.batch_stats}
+  logits, _ = state.apply_fn(variables, batch['image'], train=False)
   mask = batch['mask']
   return {
       'loss_sum': jnp.sum(cross_entropy(logits, batch['label']) * mask),
@@ -148,6 +168,6 @@ def train_steps(state: TrainState, batches: dict[str, jax.Array], **step_args) -
   return jax.lax.scan(functools.partial(train_step, **step_args), state, batches)
 
 
-def eval_steps(state: TrainState, batches: dict[str, jax.Array]) -> dict[str, jax.Array]:
+def eval_steps(state: TrainState, batches: dict[str, jax.Array], use_ema: bool = False) -> dict[str, jax.Array]:
   """eval_step over batches stacked on a leading axis; the sums of each, stacked."""
-  return jax.lax.map(functools.partial(eval_step, state), batches)
+  return jax.lax.map(functools.partial(eval_step, state, use_ema=use_ema), batches)
