@@ -57,9 +57,11 @@ def room_for(folder: str, nbytes: int) -> str | None:
   """Why `nbytes` of new files cannot be written into `folder`, or None: more than its disk has
   free, or more than this process may write into one file (ulimit -f). A folder whose disk
   cannot be asked (a remote path) is not checked: the write itself will say."""
+  if '://' in folder:
+    return None
   needed = nbytes + nbytes // 10 + (1 << 20)  # what Orbax adds: metadata, manifests, the JSON record
   limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0] if resource else -1
-  if 0 <= limit < needed:  # RLIM_INFINITY is -1
+  if 0 <= limit < needed:  # RLIM_INFINITY: -1 on Linux, 2**63 - 1 on macOS
     return f'it needs about {_mib(needed)}, and this process may write files of at most {_mib(limit)} (ulimit -f)'
   existing = os.path.abspath(folder)
   while not os.path.isdir(existing) and os.path.dirname(existing) != existing:

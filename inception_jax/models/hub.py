@@ -9,8 +9,9 @@ A file is downloaded once into the cache ($INCEPTION_JAX_CACHE, default
 ~/.cache/inception_jax; a copy in torch.hub's folder is used if it passes the check), checked
 against its sha256 before it is kept, and converted once: the Flax variables go to
 `converted/<model>.<tag>-<the file's sha256>-v<conversion version>/` in the cache, so the next
-call reads them with no network and no conversion, and a different file gets its own folder. Entries and their preprocessing follow torchvision's `Weights` and timm's
-`pretrained_cfg` for the same files.
+call reads them with no network and no conversion, and a different file gets its own folder.
+Entries and their preprocessing follow torchvision's `Weights` and timm's `pretrained_cfg` for
+the same files.
 """
 
 from __future__ import annotations
