@@ -113,9 +113,11 @@ def atomic_folder(path: str) -> Iterator[str]:
     yield inside
     if os.path.lexists(target):  # rename() would put a folder in place of an empty one
       raise FileExistsError(errno.EEXIST, 'appeared while it was being written', target)
-    os.rename(inside, target)  # `temporary` is empty now
-  finally:
-    shutil.rmtree(temporary, ignore_errors=True)  # that new folder: after a rename, empty; after a failure, our part
+    os.rename(inside, target)
+  except BaseException:
+    shutil.rmtree(temporary, ignore_errors=True)  # the folder mkdtemp just made, with what this block wrote
+    raise
+  os.rmdir(temporary)  # empty after the rename: only ever removed empty
 
 
 def _link(partial: str, target: str) -> None:

@@ -2,6 +2,7 @@
 unless asked, open()'s permissions) and the lock of a run's folder."""
 
 import os
+import pathlib
 import stat
 import subprocess
 import sys
@@ -70,3 +71,18 @@ def test_a_folder_in_use_by_a_run_is_refused_naming_its_process(tmp_path):
     holder.communicate('\n')
   with files.run_lock(str(tmp_path)):  # released when its process ended
     assert (tmp_path / '.lock').read_text().startswith(f'process {os.getpid()} on ')
+
+
+def test_a_folder_appears_whole_or_not_at_all_and_only_what_it_wrote_is_removed(tmp_path):
+  (tmp_path / 'kept.txt').write_text('a file of the user')
+  with files.atomic_folder(str(tmp_path / 'new')) as inside:
+    os.makedirs(inside)
+    (pathlib.Path(inside) / 'a').write_text('1')
+  assert sorted(os.listdir(tmp_path)) == ['kept.txt', 'new'] and os.listdir(tmp_path / 'new') == ['a']
+  with pytest.raises(RuntimeError), files.atomic_folder(str(tmp_path / 'failed')) as inside:
+    os.makedirs(inside)
+    raise RuntimeError('disk full')
+  with pytest.raises(FileExistsError), files.atomic_folder(str(tmp_path / 'new')) as inside:
+    os.makedirs(inside)
+  assert sorted(os.listdir(tmp_path)) == ['kept.txt', 'new'] and os.listdir(tmp_path / 'new') == ['a']
+  assert (tmp_path / 'kept.txt').read_text() == 'a file of the user'
