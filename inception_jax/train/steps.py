@@ -133,14 +133,13 @@ def train_step(
   labels_out_of_range = jnp.sum((batch['label'] < 0) | (batch['label'] >= logits.shape[-1]))
   loss = jnp.where(labels_out_of_range == 0, loss, jnp.nan)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  new = {'params': optax.apply_updates(state.params, updates), 'batch_stats': batch_stats}
   if isinstance(state, EMATrainState):
     decay = jnp.float32(ema_decay)
     if ema_warmup:
       decay = jnp.minimum(decay, (1.0 + state.step) / (10.0 + state.step))
-    new = {'params': params, 'batch_stats': batch_stats}
-    state = state.replace(ema=jax.tree.map(lambda e, w: e + (1 - decay) * (w - e), state.ema, new))
-  state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+    new['ema'] = jax.tree.map(lambda e, w: e + (1 - decay) * (w - e), state.ema, dict(new))
+  state = state.replace(step=state.step + 1, opt_state=opt_state, **new)
   return state, {
       'loss': loss,
       'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
